@@ -1,0 +1,3 @@
+"""Typed stubs of the Rust core (`rust/src/python.rs`)."""
+
+__version__: str

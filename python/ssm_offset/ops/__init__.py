@@ -1,0 +1,10 @@
+"""Scan operations. Models call these functions only; kernels attach to the ops underneath.
+
+    selective_scan / selective_scan_step   Mamba-1 (S6), parallel and one-token faces
+    ssd_scan / ssd_step                    Mamba-2 (SSD), parallel and one-token faces
+"""
+from ._common import ScanShapeError
+from .selective_scan import selective_scan, selective_scan_step
+from .ssd import ssd_scan, ssd_step
+
+__all__ = ["ScanShapeError", "selective_scan", "selective_scan_step", "ssd_scan", "ssd_step"]

@@ -1,0 +1,65 @@
+"""Shape checks and dtype rules shared by every scan face (reference, chunked, step, kernels)."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+
+class ScanShapeError(ValueError):
+    """A scan input has the wrong shape; the message names the tensor, its shape and what was expected."""
+
+
+def compute_dtype(t: torch.Tensor) -> torch.dtype:
+    """State and accumulation run in fp32 (fp64 when the inputs are fp64, for the oracle tests)."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def check_shape(name: str, t: Optional[torch.Tensor], *allowed: Sequence[int]) -> None:
+    if t is None:
+        return
+    if tuple(t.shape) not in [tuple(a) for a in allowed]:
+        want = " or ".join(str(tuple(a)) for a in allowed)
+        raise ScanShapeError(f"{name}: got shape {tuple(t.shape)}, expected {want}")
+
+
+def per_row(t: Optional[torch.Tensor], batch: int, shared_ndim: int) -> Optional[torch.Tensor]:
+    """Broadcast a shared adapter tensor (no batch dim) to one per batch row; per-row tensors pass through.
+
+    Per-row adapters are what lets one forward serve or evaluate many adapters at once.
+    """
+    if t is None:
+        return None
+    if t.dim() == shared_ndim:
+        return t.unsqueeze(0).expand(batch, *t.shape)
+    return t
+
+
+def recompute_grads(reference, grad_outputs, tensors, **static):
+    """Backward of a scan as the vector-Jacobian product of its reference (the CPU backward of every op).
+
+    `tensors` maps argument names to tensors (or None); returns one gradient per entry, in order, with an
+    empty tensor for absent inputs, because custom ops cannot return None. torch.func.vjp is used rather
+    than torch.autograd.grad because an op's implementation runs below the autograd dispatch key.
+    """
+    names = [k for k, v in tensors.items() if v is not None and v.is_floating_point()]
+    fixed = {k: v for k, v in tensors.items() if k not in names}
+
+    def run(*primals):
+        return reference(**dict(zip(names, primals)), **fixed, **static)
+
+    outs, vjp = torch.func.vjp(run, *(tensors[k] for k in names))
+    cotangents = tuple(torch.zeros_like(o) if g is None else g.to(o.dtype) for o, g in zip(outs, grad_outputs))
+    grads = dict(zip(names, vjp(cotangents)))
+    device = next(v.device for v in tensors.values() if v is not None)
+    return [grads[k] if k in grads else torch.empty(0, device=device) for k in tensors]
+
+
+def fake_grads(tensors):
+    device = next(v.device for v in tensors if v is not None)
+    return [torch.empty_like(v) if v is not None else torch.empty(0, device=device) for v in tensors]
+
+
+def select_grads(ctx_needs, grads, present):
+    """Map the op's dense gradient list back to autograd's None-for-absent convention."""
+    return [g if (need and p) else None for g, need, p in zip(grads, ctx_needs, present)]

@@ -1,0 +1,71 @@
+"""Mamba-1 selective scan, sequential reference: the readable oracle every other face is checked against.
+
+    Δ_t = softplus(delta_t + delta_bias)            Ā_t = exp(Δ_t A)
+    h_t = Ā_t ⊙ h_{t-1} + Δ_t B_t u_t               h_0 = initial_state (or 0)
+    y_t = C_t · (h_t + h') + D ⊙ u_t + y'           h' = state_offset, y' = y_offset
+    out_t = y_t ⊙ silu(z_t)
+
+The offset h' enters the readout only; the recurrence keeps using h_t (State-offset Tuning, Kang et al. 2025).
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .._common import compute_dtype, per_row
+
+
+def expand_groups(BC: torch.Tensor, dim: int) -> torch.Tensor:
+    """(batch, N, L) or (batch, G, N, L) → (batch, dim, N, L); channel d reads group d // (dim / G)."""
+    if BC.dim() == 3:
+        return BC.unsqueeze(1).expand(BC.shape[0], dim, *BC.shape[1:])
+    groups = BC.shape[1]
+    return BC.repeat_interleave(dim // groups, dim=1)
+
+
+def discretize(delta: torch.Tensor, delta_bias: Optional[torch.Tensor], softplus: bool) -> torch.Tensor:
+    if delta_bias is not None:
+        delta = delta + delta_bias[..., :, None] if delta.dim() == 3 else delta + delta_bias
+    return F.softplus(delta) if softplus else delta
+
+
+def readout(y: torch.Tensor, u: torch.Tensor, D, z, y_offset, dim_axis: int = 1) -> torch.Tensor:
+    """y + D⊙u + y', then the z gate; shared by every Mamba-1 face so they cannot drift apart."""
+    shape = [1] * y.dim()
+    shape[dim_axis] = -1
+    if D is not None:
+        y = y + u * D.to(y.dtype).view(shape)
+    if y_offset is not None:
+        yo = y_offset.to(y.dtype)
+        y = y + (yo.view(shape) if yo.dim() == 1 else yo.view(yo.shape[0], *shape[1:]))
+    if z is not None:
+        y = y * F.silu(z.to(y.dtype))
+    return y
+
+
+def selective_scan_naive(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+    initial_state=None, state_offset=None, y_offset=None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Returns (y, final_state); y in u's dtype, the state in fp32 (fp64 for fp64 inputs)."""
+    ct = compute_dtype(u)
+    batch, dim, length = u.shape
+    uc = u.to(ct)
+    dt = discretize(delta.to(ct), None if delta_bias is None else delta_bias.to(ct), delta_softplus)
+    Bx = expand_groups(B.to(ct), dim)
+    Cx = expand_groups(C.to(ct), dim)
+    Ac = A.to(ct)
+    h0 = per_row(initial_state, batch, 2)
+    h = torch.zeros(batch, dim, A.shape[1], dtype=ct, device=u.device) if h0 is None else h0.to(ct).clone()
+    off = per_row(state_offset, batch, 2)
+    ys = []
+    for t in range(length):
+        dt_t = dt[:, :, t, None]
+        h = torch.exp(dt_t * Ac) * h + dt_t * Bx[..., t] * uc[:, :, t, None]
+        read = h if off is None else h + off.to(ct)
+        ys.append((read * Cx[..., t]).sum(-1))
+    y = torch.stack(ys, dim=-1) if ys else uc.new_zeros(batch, dim, 0)
+    y = readout(y, uc, D, z, y_offset)
+    return y.to(u.dtype), h

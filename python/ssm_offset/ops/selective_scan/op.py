@@ -1,0 +1,82 @@
+"""The Mamba-1 scan ops, defined once with torch.library: schema, reference implementation (used on
+any device that has no kernel registered), fake implementation for torch.compile, and autograd.
+
+The CUDA kernels attach to these same ops (`register_kernel("cuda")`); nothing is defined twice.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .._common import compute_dtype, fake_grads, recompute_grads, select_grads
+from .naive import selective_scan_naive
+from .step import selective_scan_step_reference
+
+_GRAD_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state", "state_offset", "y_offset")
+
+
+@torch.library.custom_op("ssm_offset::selective_scan_fwd", mutates_args=())
+def selective_scan_fwd(
+    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor],
+    delta_bias: Optional[Tensor], delta_softplus: bool, initial_state: Optional[Tensor],
+    state_offset: Optional[Tensor], y_offset: Optional[Tensor],
+) -> Tuple[Tensor, Tensor]:
+    return selective_scan_naive(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, state_offset, y_offset)
+
+
+@selective_scan_fwd.register_fake
+def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, state_offset, y_offset):
+    return torch.empty_like(u), u.new_empty(u.shape[0], u.shape[1], A.shape[1], dtype=compute_dtype(u))
+
+
+@torch.library.custom_op("ssm_offset::selective_scan_bwd", mutates_args=())
+def selective_scan_bwd(
+    dy: Tensor, dfinal_state: Optional[Tensor], u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+    D: Optional[Tensor], z: Optional[Tensor], delta_bias: Optional[Tensor], delta_softplus: bool,
+    initial_state: Optional[Tensor], state_offset: Optional[Tensor], y_offset: Optional[Tensor],
+) -> List[Tensor]:
+    tensors = dict(zip(_GRAD_NAMES, (u, delta, A, B, C, D, z, delta_bias, initial_state, state_offset, y_offset)))
+    return recompute_grads(selective_scan_naive, (dy, dfinal_state), tensors, delta_softplus=delta_softplus)
+
+
+@selective_scan_bwd.register_fake
+def _(dy, dfinal_state, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, state_offset, y_offset):
+    return fake_grads((u, delta, A, B, C, D, z, delta_bias, initial_state, state_offset, y_offset))
+
+
+def _setup_context(ctx, inputs, output):
+    u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, state_offset, y_offset = inputs
+    ctx.delta_softplus = delta_softplus
+    tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state, state_offset, y_offset)
+    ctx.present = [t is not None for t in tensors]
+    ctx.save_for_backward(*tensors)
+
+
+def _backward(ctx, dy, dfinal_state):
+    u, delta, A, B, C, D, z, delta_bias, initial_state, state_offset, y_offset = ctx.saved_tensors
+    grads = selective_scan_bwd(
+        dy.contiguous(), dfinal_state, u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus,
+        initial_state, state_offset, y_offset,
+    )
+    needs = list(ctx.needs_input_grad)
+    g = select_grads(needs[:8] + needs[9:], grads, ctx.present)
+    return (*g[:8], None, *g[8:])
+
+
+selective_scan_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+@torch.library.custom_op("ssm_offset::selective_scan_step", mutates_args=())
+def selective_scan_step_op(
+    state: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
+    z: Optional[Tensor], delta_bias: Optional[Tensor], delta_softplus: bool,
+    state_offset: Optional[Tensor], y_offset: Optional[Tensor],
+) -> Tuple[Tensor, Tensor]:
+    return selective_scan_step_reference(state, u, delta, A, B, C, D, z, delta_bias, delta_softplus, state_offset, y_offset)
+
+
+@selective_scan_step_op.register_fake
+def _(state, u, delta, A, B, C, D, z, delta_bias, delta_softplus, state_offset, y_offset):
+    return torch.empty_like(u), torch.empty_like(state)

@@ -1,0 +1,86 @@
+"""The Mamba-2 (SSD) scan ops, defined once with torch.library (see selective_scan/op.py for the pattern).
+
+dt_limit travels as two floats (dt_min, dt_max) because op schemas have no tuple-of-float defaults.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .._common import compute_dtype, fake_grads, recompute_grads, select_grads
+from .chunk import ssd_chunked
+from .step import ssd_step_reference
+
+_GRAD_NAMES = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_state", "state_offset", "y_offset")
+
+
+def _reference(x, dt, A, B, C, D, z, dt_bias, initial_state, state_offset, y_offset, dt_softplus, dt_min, dt_max, chunk_size):
+    return ssd_chunked(
+        x, dt, A, B, C, D, z, dt_bias, dt_softplus, (dt_min, dt_max), initial_state, state_offset, y_offset, chunk_size
+    )
+
+
+@torch.library.custom_op("ssm_offset::ssd_fwd", mutates_args=())
+def ssd_fwd(
+    x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor],
+    dt_bias: Optional[Tensor], initial_state: Optional[Tensor], state_offset: Optional[Tensor],
+    y_offset: Optional[Tensor], dt_softplus: bool, dt_min: float, dt_max: float, chunk_size: int,
+) -> Tuple[Tensor, Tensor]:
+    return _reference(x, dt, A, B, C, D, z, dt_bias, initial_state, state_offset, y_offset, dt_softplus, dt_min, dt_max, chunk_size)
+
+
+@ssd_fwd.register_fake
+def _(x, dt, A, B, C, D, z, dt_bias, initial_state, state_offset, y_offset, dt_softplus, dt_min, dt_max, chunk_size):
+    b, _, h, p = x.shape
+    return torch.empty_like(x), x.new_empty(b, h, p, B.shape[-1], dtype=compute_dtype(x))
+
+
+@torch.library.custom_op("ssm_offset::ssd_bwd", mutates_args=())
+def ssd_bwd(
+    dy: Tensor, dfinal_state: Optional[Tensor], x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
+    D: Optional[Tensor], z: Optional[Tensor], dt_bias: Optional[Tensor], initial_state: Optional[Tensor],
+    state_offset: Optional[Tensor], y_offset: Optional[Tensor], dt_softplus: bool, dt_min: float, dt_max: float,
+    chunk_size: int,
+) -> List[Tensor]:
+    tensors = dict(zip(_GRAD_NAMES, (x, dt, A, B, C, D, z, dt_bias, initial_state, state_offset, y_offset)))
+    return recompute_grads(
+        _reference, (dy, dfinal_state), tensors,
+        dt_softplus=dt_softplus, dt_min=dt_min, dt_max=dt_max, chunk_size=chunk_size,
+    )
+
+
+@ssd_bwd.register_fake
+def _(dy, dfinal_state, x, dt, A, B, C, D, z, dt_bias, initial_state, state_offset, y_offset, dt_softplus, dt_min, dt_max, chunk_size):
+    return fake_grads((x, dt, A, B, C, D, z, dt_bias, initial_state, state_offset, y_offset))
+
+
+def _setup_context(ctx, inputs, output):
+    tensors = inputs[:11]
+    ctx.static = inputs[11:]
+    ctx.present = [t is not None for t in tensors]
+    ctx.save_for_backward(*tensors)
+
+
+def _backward(ctx, dy, dfinal_state):
+    grads = ssd_bwd(dy.contiguous(), dfinal_state, *ctx.saved_tensors, *ctx.static)
+    g = select_grads(list(ctx.needs_input_grad[:11]), grads, ctx.present)
+    return (*g, None, None, None, None)
+
+
+ssd_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+@torch.library.custom_op("ssm_offset::ssd_step", mutates_args=())
+def ssd_step_op(
+    state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
+    z: Optional[Tensor], dt_bias: Optional[Tensor], state_offset: Optional[Tensor], y_offset: Optional[Tensor],
+    dt_softplus: bool, dt_min: float, dt_max: float,
+) -> Tuple[Tensor, Tensor]:
+    return ssd_step_reference(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, (dt_min, dt_max), state_offset, y_offset)
+
+
+@ssd_step_op.register_fake
+def _(state, x, dt, A, B, C, D, z, dt_bias, state_offset, y_offset, dt_softplus, dt_min, dt_max):
+    return torch.empty_like(x), torch.empty_like(state)
