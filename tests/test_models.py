@@ -383,7 +383,8 @@ def test_bad_configs_name_the_field(hf_dirs, tmp_path):
     # mamba_ssm dialect, read through load_model so the file is named
     ssm = {"d_model": 32, "n_layer": 2, "vocab_size": 100, "ssm_cfg": {"layer": "Mamba3"}}
     (tmp_path / "config.json").write_text(json.dumps(ssm))
-    with pytest.raises(ConfigError, match=r"config.json: field 'ssm_cfg.layer' is 'Mamba3'; accepted values: 'Mamba1', 'Mamba2'"):
+    with pytest.raises(ConfigError, match=r"config.json: field 'ssm_cfg.layer' is 'Mamba3'; accepted values: "
+                                          r"'Mamba1', 'Mamba2'"):
         load_model(tmp_path)
     for bad, pattern in [
         ({**ssm, "ssm_cfg": {}, "n_layers": 2}, r"unknown mamba_ssm field\(s\) \['n_layers'\]"),
@@ -412,3 +413,55 @@ def test_missing_weights_and_hub_errors(tmp_path, monkeypatch):
         load_model("state-spaces/mamba-130m-hf")
     with pytest.raises(FileNotFoundError, match="no such directory"):
         load_model(str(tmp_path / "nope" / "deeper/still"))
+
+
+# --- as the model of transformers.Trainer ---------------------------------------------------------------------
+
+def test_trains_and_saves_under_transformers_trainer(tmp_path):
+    pytest.importorskip("accelerate")
+    from safetensors.torch import load_file
+
+    torch.manual_seed(12)
+    model = model_from_config(MambaConfig(vocab_size=50, hidden_size=16, state_size=4, num_hidden_layers=1))
+    assert "lm_head.weight" not in model.state_dict()  # tied head stored once: safetensors takes the dict as is
+    g = torch.Generator().manual_seed(13)
+    data = [{"input_ids": torch.randint(0, 50, (12,), generator=g), "labels": torch.randint(0, 50, (12,), generator=g),
+             "attention_mask": torch.ones(12, dtype=torch.long)} for _ in range(8)]
+    before = model.backbone.layers[0].mixer.x_proj.weight.detach().clone()
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "run"), max_steps=2, per_device_train_batch_size=4, report_to=[],
+        save_strategy="no", use_cpu=True, disable_tqdm=True, learning_rate=1e-2,
+    )
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=data)
+    assert math.isfinite(trainer.train().training_loss)
+    assert (model.backbone.layers[0].mixer.x_proj.weight - before).abs().max().item() > 0
+    trainer.save_model(str(tmp_path / "saved"))
+    fresh = model_from_config(model.config)
+    fresh.load_state_dict(load_file(tmp_path / "saved" / "model.safetensors"), strict=True)
+    assert fresh.is_tied and torch.equal(fresh.lm_head.weight, model.lm_head.weight)
+
+
+def test_adapter_tensors_get_gradients_and_bf16_runs(hf_dirs):
+    model = load_model(hf_dirs["mamba2-g2"][1])
+    tensors = adapter_tensors(model)
+    for kw in tensors:
+        for t in kw.values():
+            t.requires_grad_(True)
+    with_adapters(model, tensors)
+    x = ids(length=20)
+    model(x, labels=x).loss.backward()
+    for kw in tensors:
+        assert all(t.grad is not None and t.grad.abs().sum() > 0 for t in kw.values())
+    assert model.backbone.layers[0].mixer.in_proj.weight.grad.abs().sum() > 0
+
+    half = load_model(hf_dirs["mamba"][1], dtype=torch.bfloat16)
+    kept = load_model(hf_dirs["mamba"][1], dtype=None)  # the checkpoint's own dtype
+    assert half.lm_head.weight.dtype == torch.bfloat16 and kept.lm_head.weight.dtype == torch.float32
+    with torch.no_grad():
+        full = kept(x).logits
+        parallel = half(x).logits
+        cache = half.new_cache()
+        steps = torch.cat([half(x[:, t : t + 1], cache=cache).logits for t in range(x.shape[1])], dim=1)
+    assert cache.ssm[0].dtype == torch.float32 and cache.conv[0].dtype == torch.bfloat16
+    assert (parallel - full).abs().max().item() < 0.1
+    assert (steps - parallel).abs().max().item() < 0.1

@@ -148,6 +148,19 @@ def _check_right_padded(mask: torch.Tensor) -> None:
         )
 
 
+def _drop_tied_head(module, state_dict, prefix, local_metadata):
+    # A tied head is one tensor: keep it once, under the embeddings' name (transformers' on-disk convention),
+    # so that any state dict of the model can go to safetensors (which refuses shared tensors) as is.
+    if module.is_tied:
+        state_dict.pop(prefix + "lm_head.weight", None)
+
+
+def _fill_tied_head(module, state_dict, prefix, *args):
+    head, emb = prefix + "lm_head.weight", prefix + "backbone.embeddings.weight"
+    if module.is_tied and head not in state_dict and emb in state_dict:
+        state_dict[head] = state_dict[emb]
+
+
 class CausalLM(nn.Module):
     """Embeddings → residual blocks → norm_f → LM head (tied to the embeddings when the config says so)."""
 
@@ -165,6 +178,12 @@ class CausalLM(nn.Module):
         nn.init.normal_(self.backbone.embeddings.weight, std=0.02)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.backbone.embeddings.weight
+        self._register_state_dict_hook(_drop_tied_head)
+        self._register_load_state_dict_pre_hook(_fill_tied_head, with_module=True)
+
+    @property
+    def is_tied(self) -> bool:
+        return self.lm_head.weight is self.backbone.embeddings.weight
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.backbone.embeddings

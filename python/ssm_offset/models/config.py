@@ -33,6 +33,8 @@ _HF_IRRELEVANT = frozenset({
     "is_encoder_decoder", "pruned_heads", "torchscript", "task_specific_params", "finetuning_task",
     # mamba_ssm settings that early `-hf` conversions left in config.json (weights are already padded/fused-agnostic)
     "fused_add_norm", "pad_vocab_size_multiple",
+    # written by some Mamba-2 `-hf` configs; transformers' Mamba2 never reads it (it always gates before the norm)
+    "norm_before_gate",
 })
 
 # Early `-hf` conversions also kept mamba_ssm's names next to the transformers ones: accepted when they agree.

@@ -108,7 +108,7 @@ def _as_rows(prompts: Prompts, device) -> List[torch.Tensor]:
         raise ValueError("prompts: empty batch")
     for i, r in enumerate(rows):
         if r.dim() != 1 or len(r) == 0:
-            raise ValueError(f"prompts[{i}]: expected a non-empty 1-D sequence of token ids, got shape {tuple(r.shape)}")
+            raise ValueError(f"prompts[{i}]: got shape {tuple(r.shape)}, expected a non-empty 1-D sequence of ids")
     return [r.long() for r in rows]
 
 

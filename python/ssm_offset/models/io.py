@@ -116,10 +116,8 @@ def _read_safetensors(path: Path) -> Dict[str, torch.Tensor]:
 
 def check_tensors(model: CausalLM, tensors: Dict[str, torch.Tensor], source: str) -> None:
     """Raise one CheckpointError naming every missing, unexpected and mis-shaped tensor."""
-    expected = {k: tuple(v.shape) for k, v in model.state_dict(keep_vars=True).items()}
-    tied = model.config.tie_word_embeddings
-    if tied:
-        expected.pop("lm_head.weight")
+    expected = {k: tuple(v.shape) for k, v in model.state_dict(keep_vars=True).items()}  # a tied head is not listed
+    tied = model.is_tied
     problems = []
     missing = [k for k in expected if k not in tensors]
     if missing:
@@ -158,11 +156,9 @@ def load_model(
     with torch.device("meta"):  # no throw-away random initialisation: every parameter comes from the file
         model = model_from_config(config)
     check_tensors(model, tensors, source)
-    state = {k: tensors[k] for k in model.state_dict() if k in tensors}
-    if config.tie_word_embeddings:
-        state["lm_head.weight"] = state["backbone.embeddings.weight"]
-    model.load_state_dict(state, strict=True, assign=True)
-    if config.tie_word_embeddings:
+    tied = model.is_tied
+    model.load_state_dict({k: tensors[k] for k in model.state_dict()}, strict=True, assign=True)
+    if tied:  # assign=True gave the two names two parameters
         model.lm_head.weight = model.backbone.embeddings.weight
     return model.to(device=device, dtype=dtype).eval()
 
@@ -171,10 +167,7 @@ def save_pretrained(model: CausalLM, directory: PathLike) -> None:
     """Write `config.json` + `model.safetensors` (transformers' names; a tied head is stored once)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state = model.state_dict()
-    if model.config.tie_word_embeddings:
-        state.pop("lm_head.weight")
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     config = json.dumps(model.config.to_hf_dict(), indent=2, sort_keys=True)
     # weights first: a config.json on disk never points at weights that are not (yet) there
     _atomic_write(directory / "model.safetensors", lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
