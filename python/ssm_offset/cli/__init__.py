@@ -5,10 +5,10 @@ import argparse
 import sys
 from typing import List, Optional
 
-from . import info
+from . import demo, info
 
 # Subcommand modules expose `register(subparsers)`; each sets `func` on its parser.
-_SUBCOMMANDS = [info]
+_SUBCOMMANDS = [info, demo]
 
 
 def build_parser() -> argparse.ArgumentParser:
