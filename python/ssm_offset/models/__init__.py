@@ -13,12 +13,12 @@ from .base import CausalLM, CausalLMOutput
 from .cache import Cache
 from .config import ConfigError, Mamba2Config, MambaConfig, config_from_hf_dict, config_from_mamba_ssm_dict
 from .generation import generate
-from .io import CheckpointError, load_model, save_pretrained
+from .io import CheckpointError, from_transformers, load_model, save_pretrained
 from .mamba import MambaForCausalLM, MambaMixer
 from .mamba2 import Mamba2ForCausalLM, Mamba2Mixer
 
 __all__ = [
     "MambaConfig", "Mamba2Config", "MambaForCausalLM", "Mamba2ForCausalLM", "MambaMixer", "Mamba2Mixer",
     "CausalLM", "CausalLMOutput", "Cache", "load_model", "save_pretrained", "model_from_config", "generate",
-    "MODEL_CLASSES", "ConfigError", "CheckpointError", "config_from_hf_dict", "config_from_mamba_ssm_dict",
+    "from_transformers", "MODEL_CLASSES", "ConfigError", "CheckpointError", "config_from_hf_dict", "config_from_mamba_ssm_dict",
 ]

@@ -17,6 +17,12 @@ from .cache import Cache
 from .config import SSMConfig
 
 
+def wide(t: torch.Tensor) -> torch.Tensor:
+    """t in at least fp32: norms, residuals, logits and SSM states are computed in fp32 over bf16/fp16/fp32
+    weights, and stay fp64 in an fp64 model (the gradient checks run in fp64)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 class RMSNorm(nn.Module):
     """weight · x / rms(x), computed in fp32 and cast back before the weight (transformers' MambaRMSNorm)."""
 
@@ -26,7 +32,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
+        xf = wide(x)
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * xf.to(x.dtype)
 
@@ -42,7 +48,7 @@ class GatedRMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-        yf = y.float() * F.silu(gate.float())
+        yf = wide(y) * F.silu(wide(gate))
         g = yf.view(*yf.shape[:-1], -1, self.group_size)
         g = g * torch.rsqrt(g.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * g.view(yf.shape).to(y.dtype)
@@ -83,7 +89,7 @@ class Block(nn.Module):
         self.mixer = mixer
 
     def forward(self, hidden_states: torch.Tensor, cache: Optional[Cache] = None) -> torch.Tensor:
-        residual = hidden_states.float() if self.residual_in_fp32 else hidden_states
+        residual = wide(hidden_states) if self.residual_in_fp32 else hidden_states
         # keyword call: a forward pre-hook registered with_kwargs=True on the mixer can add
         # initial_state / state_offset / y_offset here without the model knowing about adapters
         out = self.mixer(self.norm(hidden_states.to(self.norm.weight.dtype)), cache=cache)
@@ -215,7 +221,7 @@ class CausalLM(nn.Module):
         if cache is None and use_cache:
             cache = self.new_cache()
         hidden = self.backbone(inputs_embeds, cache=cache)
-        logits = self.lm_head(hidden.to(self.lm_head.weight.dtype)).float()
+        logits = wide(self.lm_head(hidden.to(self.lm_head.weight.dtype)))
         if cache is not None:
             cache.seqlen += inputs_embeds.shape[1]
         loss = causal_lm_loss(logits, labels) if labels is not None else None

@@ -113,7 +113,7 @@ def _as_rows(prompts: Prompts, device) -> List[torch.Tensor]:
 
 
 def _next_token(logits, do_sample, temperature, top_k, top_p, generator) -> torch.Tensor:
-    logits = logits.float()
+    logits = logits.float()  # sampling arithmetic in fp32 whatever the model's dtype
     if not do_sample:
         return logits.argmax(-1)
     if temperature is not None:

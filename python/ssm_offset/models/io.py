@@ -153,14 +153,33 @@ def load_model(
     tensors, source = read_tensors(directory)
     if fmt == "mamba_ssm":
         tensors = {_MAMBA_SSM_RENAMES.get(k, k): v for k, v in tensors.items()}
-    with torch.device("meta"):  # no throw-away random initialisation: every parameter comes from the file
+    return model_from_tensors(config, tensors, source).to(device=device, dtype=dtype).eval()
+
+
+def model_from_tensors(config: SSMConfig, tensors: Dict[str, torch.Tensor], source: str) -> CausalLM:
+    """A model of `config` whose parameters ARE the given tensors (no copy); `source` names them in errors."""
+    with torch.device("meta"):  # no throw-away random initialisation: every parameter comes from `tensors`
         model = model_from_config(config)
     check_tensors(model, tensors, source)
     tied = model.is_tied
     model.load_state_dict({k: tensors[k] for k in model.state_dict()}, strict=True, assign=True)
     if tied:  # assign=True gave the two names two parameters
         model.lm_head.weight = model.backbone.embeddings.weight
-    return model.to(device=device, dtype=dtype).eval()
+    return model
+
+
+def from_transformers(hf_model) -> CausalLM:
+    """ssm-offset's model over the weight tensors of a transformers `MambaForCausalLM` / `Mamba2ForCausalLM`.
+
+    The parameters are shared, not copied: training one trains the other. ssm-offset's mixers then run every
+    path (parallel, prefill, step) through the `ssm_offset.ops` scans, so adapters apply on all of them.
+    """
+    config = config_from_hf_dict(hf_model.config.to_dict(), source=f"{type(hf_model).__name__}.config")
+    tensors = dict(hf_model.state_dict(keep_vars=True))
+    if config.tie_word_embeddings:
+        tensors.pop("lm_head.weight", None)
+    model = model_from_tensors(config, tensors, type(hf_model).__name__)
+    return model.train(hf_model.training)
 
 
 def save_pretrained(model: CausalLM, directory: PathLike) -> None:

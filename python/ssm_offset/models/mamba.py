@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..ops import selective_scan, selective_scan_step
-from .base import CausalLM, causal_conv, ssm_start
+from .base import CausalLM, causal_conv, ssm_start, wide
 from .cache import Cache
 from .config import MambaConfig
 
@@ -37,7 +37,7 @@ class MambaMixer(nn.Module):
         super().__init__()
         self.layer_idx = layer_idx
         self.intermediate_size = d = config.intermediate_size
-        self.state_size = n = config.state_size
+        n = config.state_size
         self.time_step_rank = r = config.time_step_rank
         self.in_proj = nn.Linear(config.hidden_size, 2 * d, bias=config.use_bias)
         self.conv1d = nn.Conv1d(d, d, config.conv_kernel, groups=d, padding=config.conv_kernel - 1,
@@ -48,6 +48,11 @@ class MambaMixer(nn.Module):
         self.D = nn.Parameter(torch.empty(d))
         self.out_proj = nn.Linear(d, config.hidden_size, bias=config.use_bias)
         self.reset_ssm_parameters()
+
+    @property
+    def state_size(self) -> int:
+        # read from A_log so that an adapter that grows the state (Additional-scan) is seen by every path
+        return self.A_log.shape[1]
 
     @torch.no_grad()
     def reset_ssm_parameters(self, dt_min: float = 1e-3, dt_max: float = 0.1, dt_floor: float = 1e-4) -> None:
@@ -78,21 +83,21 @@ class MambaMixer(nn.Module):
         x = F.silu(x)
         dt, B, C = self.x_proj(x.transpose(1, 2)).split([self.time_step_rank, self.state_size, self.state_size], -1)
         delta = self.dt_proj(dt).transpose(1, 2)  # (batch, D, L)
-        A = -torch.exp(self.A_log.float())
+        A = -torch.exp(wide(self.A_log))
         start = ssm_start(cache, self.layer_idx, initial_state)
         if cache is not None and length == 1:
             if start is None:
-                start = x.new_zeros(batch, self.intermediate_size, self.state_size, dtype=torch.float32)
+                start = x.new_zeros(batch, self.intermediate_size, self.state_size, dtype=wide(x).dtype)
             elif start.dim() == 2:
-                start = start.float().expand(batch, -1, -1)
+                start = wide(start).expand(batch, -1, -1)
             y, state = selective_scan_step(
-                start, x[..., 0], delta[..., 0], A, B[:, 0], C[:, 0], D=self.D.float(), z=z[..., 0],
+                start, x[..., 0], delta[..., 0], A, B[:, 0], C[:, 0], D=wide(self.D), z=z[..., 0],
                 delta_softplus=True, state_offset=state_offset, y_offset=y_offset,
             )
             y = y[..., None]
         else:
             y, state = selective_scan(
-                x, delta, A, B.transpose(1, 2), C.transpose(1, 2), D=self.D.float(), z=z, delta_softplus=True,
+                x, delta, A, B.transpose(1, 2), C.transpose(1, 2), D=wide(self.D), z=z, delta_softplus=True,
                 initial_state=start, state_offset=state_offset, y_offset=y_offset, return_final_state=True,
             )
         if cache is not None:

@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..ops import ssd_scan, ssd_step
-from .base import CausalLM, GatedRMSNorm, causal_conv, ssm_start
+from .base import CausalLM, GatedRMSNorm, causal_conv, ssm_start, wide
 from .cache import Cache
 from .config import Mamba2Config
 
@@ -76,15 +76,15 @@ class Mamba2Mixer(nn.Module):
         xBC = F.silu(xBC).transpose(1, 2)
         x, B, C = xBC.split([self.intermediate_size, g * n, g * n], dim=-1)
         x, B, C = x.reshape(batch, length, h, p), B.reshape(batch, length, g, n), C.reshape(batch, length, g, n)
-        A = -torch.exp(self.A_log.float())
+        A = -torch.exp(wide(self.A_log))
         start = ssm_start(cache, self.layer_idx, initial_state)
         common = dict(D=self.D, dt_bias=self.dt_bias, dt_softplus=True, dt_limit=self.time_step_limit,
                       state_offset=state_offset, y_offset=y_offset)
         if cache is not None and length == 1:
             if start is None:
-                start = x.new_zeros(batch, h, p, n, dtype=torch.float32)
+                start = x.new_zeros(batch, h, p, n, dtype=wide(x).dtype)
             elif start.dim() == 3:
-                start = start.float().expand(batch, -1, -1, -1)
+                start = wide(start).expand(batch, -1, -1, -1)
             y, state = ssd_step(start, x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], **common)
             y = y[:, None]
         else:
