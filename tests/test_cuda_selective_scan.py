@@ -73,6 +73,10 @@ CASES = _pairwise(PARAMS) + [
     dict(length=L, nstate=16, groups=2, dtype=torch.bfloat16, **flags)
     for L in (2049, 8192)
     for flags in (ALL_ON, {**ALL_ON, "initial_state": "shared", "state_offset": "row", "y_offset": "shared"})
+] + [
+    # batch x D >= 16384 selects the 4-states-per-lane layout for N <= 16 (fewer channels use 1 per lane)
+    dict(length=L, nstate=16, groups=G, dtype=dt, batch=2, dim=8192, **ALL_ON)
+    for L, G, dt in ((300, 1, torch.float32), (70, 2, torch.bfloat16))
 ]
 
 
@@ -158,7 +162,7 @@ def _kernels_built():
 def test_forward_backward_matches_float64_reference(case):
     seed = torch.seed() % (2**31)
     dt = case["dtype"]
-    t = _inputs(case, seed=seed)
+    t = _inputs(case, batch=case.get("batch", 2), dim=case.get("dim", 8), seed=seed)
     names = [k for k, v in t.items() if v is not None]
     leaves = {k: v.clone().requires_grad_(True) for k, v in t.items() if v is not None}
     ref_leaves = {k: v.detach().double().requires_grad_(True) for k, v in t.items() if v is not None}

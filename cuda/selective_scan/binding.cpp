@@ -133,9 +133,9 @@ std::vector<Tensor> bwd(const Tensor &dout, const Opt &dfinal, const Tensor &u, 
   p.dhoff = mptr(dhoff);
   p.dyoff = mptr(dyoff);
   if (p.len > 0 && p.batch > 0 && p.dim > 0) {
-    const int chunk = ssm_offset::bwd_chunk_len(p.nstate);
+    const int chunk = ssm_offset::bwd_chunk_len(p.nstate, p.batch * p.dim);
     const long long nch = (p.len + chunk - 1) / chunk;
-    Tensor ckpt = at::empty({p.batch, nch, p.dim, ssm_offset::padded_state(p.nstate)}, f32);
+    Tensor ckpt = at::empty({p.batch, nch, p.dim, ssm_offset::padded_state(p.nstate, p.batch * p.dim)}, f32);
     p.ckpt = ckpt.data_ptr<float>();
     auto stream = c10::cuda::getCurrentCUDAStream();
     switch (dtype_code(u)) {

@@ -48,9 +48,9 @@ void launch_bwd_f16(const ScanParams &p, cudaStream_t s);
 void launch_bwd_bf16(const ScanParams &p, cudaStream_t s);
 void launch_step(const StepParams &p, int dtype, cudaStream_t s);
 
-// Length of one backward chunk (the checkpoint interval) for a state size; the caller sizes ckpt as
-// (batch, ceil(len / chunk), dim, padded_state(nstate)) floats.
-int bwd_chunk_len(int nstate);
-int padded_state(int nstate);
+// Length of one backward chunk (the checkpoint interval) for a state size and batch x dim channels;
+// the caller sizes ckpt as (batch, ceil(len / chunk), dim, padded_state(...)) floats.
+int bwd_chunk_len(int nstate, int channels);
+int padded_state(int nstate, int channels);
 
 }  // namespace ssm_offset

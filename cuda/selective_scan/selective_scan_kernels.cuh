@@ -48,8 +48,12 @@ template <int NPT, int LPC>
 struct Cfg {
   static constexpr int kNpt = NPT, kLpc = LPC, kCpb = kThreads / LPC, kNpad = NPT * LPC;
   static constexpr int kBs = kNpad + 4;  // B/C rows in shared memory, padded against bank conflicts
-  static constexpr int kTf = kCpb >= 128 ? 16 : kCpb >= 64 ? 32 : kNpad >= 256 ? 16 : kNpad >= 128 ? 32 : 64;
+  static constexpr int kTf = kCpb >= 128 ? 16 : kCpb >= 64 ? 32 : kNpad >= 256 ? 16 : kNpad >= 128 ? 32 : kCpb >= 32 ? 32 : 64;
   static constexpr int kTb = (NPT >= 8 || kCpb >= 64) ? 8 : 16;
+  // blocks per SM the register allocation must allow: the whole grid of the common shapes then fits
+  // in one wave (e.g. 1024 blocks at B=8, D=4096 on 132 SMs)
+  static constexpr int kFwdMinBlocks = (NPT <= 4 && kNpad <= 64) ? 8 : 4;
+  static constexpr int kBwdMinBlocks = NPT <= 4 ? 4 : 2;
 };
 
 struct BlockPos {
@@ -78,11 +82,62 @@ __device__ __forceinline__ float lane_sum(float v) {
 
 template <int NPT>
 __device__ __forceinline__ void load_vec(float *v, const float *s) {
+  if constexpr (NPT % 4 == 0) {
 #pragma unroll
-  for (int k = 0; k < NPT; k += 4) {
-    const float4 q = *reinterpret_cast<const float4 *>(s + k);
-    v[k] = q.x; v[k + 1] = q.y; v[k + 2] = q.z; v[k + 3] = q.w;
+    for (int k = 0; k < NPT; k += 4) {
+      const float4 q = *reinterpret_cast<const float4 *>(s + k);
+      v[k] = q.x; v[k + 1] = q.y; v[k + 2] = q.z; v[k + 3] = q.w;
+    }
+  } else if constexpr (NPT == 2) {
+    const float2 q = *reinterpret_cast<const float2 *>(s);
+    v[0] = q.x; v[1] = q.y;
+  } else {
+#pragma unroll
+    for (int k = 0; k < NPT; ++k) v[k] = s[k];
   }
+}
+
+template <int NPT>
+__device__ __forceinline__ void store_vec(float *s, const float *v) {
+  if constexpr (NPT % 4 == 0) {
+#pragma unroll
+    for (int k = 0; k < NPT; k += 4) *reinterpret_cast<float4 *>(s + k) = make_float4(v[k], v[k + 1], v[k + 2], v[k + 3]);
+  } else {
+#pragma unroll
+    for (int k = 0; k < NPT; ++k) s[k] = v[k];
+  }
+}
+
+__host__ __device__ constexpr int sums_per_lane(int m, int lpc) { return m * lpc >= 32 ? m * lpc / 32 : 1; }
+
+// Sum each of M values over the CW = 32 / LPC lanes that hold the same states for different
+// channels (lane bits LPC..16), leaving every sum in exactly one lane: a reduce-scatter, M - 1
+// shuffles where a butterfly on each value would take M log2(CW). Returns how many sums this lane
+// holds (v[0..count)) and the index of the first in `first` (0 if the lane holds none).
+template <int M, int LPC>
+__device__ __forceinline__ int channel_reduce_scatter(float *v, int &first) {
+  first = 0;
+  bool writer = true;
+#pragma unroll
+  for (int r = 0; r < 5; ++r) {
+    const int o = 16 >> r;
+    if (o < LPC) break;
+    const bool up = threadIdx.x & o;
+    const int m = M >> (r + 1);
+    if (m >= 1) {
+#pragma unroll
+      for (int j = 0; j < m; ++j) {
+        const float send = up ? v[j] : v[j + m];
+        const float keep = up ? v[j + m] : v[j];
+        v[j] = keep + __shfl_xor_sync(0xffffffffu, send, o);
+      }
+      if (up) first += m;
+    } else {
+      v[0] += __shfl_xor_sync(0xffffffffu, v[0], o);
+      writer = writer && !up;
+    }
+  }
+  return writer ? sums_per_lane(M, LPC) : 0;
 }
 
 // u and Δ of the block's channels for times [t0, t0 + tl), zero outside; dsp = dΔ/d(δ + bias).
@@ -125,7 +180,7 @@ __device__ __forceinline__ void load_bc(const T *src, int N, int L, int tl, floa
 }
 
 template <typename T, int NPT, int LPC>
-__global__ void __launch_bounds__(kThreads) fwd_kernel(ScanParams p) {
+__global__ void __launch_bounds__(kThreads, Cfg<NPT, LPC>::kFwdMinBlocks) fwd_kernel(ScanParams p) {
   using K = Cfg<NPT, LPC>;
   constexpr int CPB = K::kCpb, NPAD = K::kNpad, TF = K::kTf, BS = K::kBs;
   __shared__ float s_u[CPB][TF + 1], s_dt[CPB][TF + 1], s_y[CPB][TF + 1];
@@ -205,7 +260,7 @@ __global__ void __launch_bounds__(kThreads) fwd_kernel(ScanParams p) {
 }
 
 template <typename T, int NPT, int LPC>
-__global__ void __launch_bounds__(kThreads) bwd_kernel(ScanParams p) {
+__global__ void __launch_bounds__(kThreads, Cfg<NPT, LPC>::kBwdMinBlocks) bwd_kernel(ScanParams p) {
   using K = Cfg<NPT, LPC>;
   constexpr int CPB = K::kCpb, NPAD = K::kNpad, TB = K::kTb, BS = K::kBs;
   __shared__ float s_u[CPB][TB + 1], s_dt[CPB][TB + 1], s_dsp[CPB][TB + 1], s_dy[CPB][TB + 1];
@@ -247,11 +302,7 @@ __global__ void __launch_bounds__(kThreads) bwd_kernel(ScanParams p) {
 
   // 1. replay the recurrence to checkpoint the state at every chunk start
   for (int kc = 0; kc < nch; ++kc) {
-    if (active) {
-#pragma unroll
-      for (int k = 0; k < NPT; k += 4)
-        *reinterpret_cast<float4 *>(ck + kc * ck_stride + k) = make_float4(h[k], h[k + 1], h[k + 2], h[k + 3]);
-    }
+    if (active) store_vec<NPT>(ck + kc * ck_stride, h);
     if (kc == nch - 1) break;
     const int t0 = kc * TB;
     load_u_dt<T, CPB, TB>(p, bp, t0, TB, s_u, s_dt, nullptr);
@@ -280,13 +331,7 @@ __global__ void __launch_bounds__(kThreads) bwd_kernel(ScanParams p) {
       (&s_dB[0][0])[i] = 0.f;
       (&s_dC[0][0])[i] = 0.f;
     }
-    if (active) {
-#pragma unroll
-      for (int k = 0; k < NPT; k += 4) {
-        const float4 q = *reinterpret_cast<const float4 *>(ck + kc * ck_stride + k);
-        h[k] = q.x; h[k + 1] = q.y; h[k + 2] = q.z; h[k + 3] = q.w;
-      }
-    }
+    if (active) load_vec<NPT>(h, ck + kc * ck_stride);
     __syncthreads();
 
     // 2a. replay the chunk: h_{t-1} kept in registers, y before the gate to shared memory
@@ -381,19 +426,20 @@ __global__ void __launch_bounds__(kThreads) bwd_kernel(ScanParams p) {
           s_s1[c][t] = s1;
           s_s2[c][t] = s2;
         }
+float v[2 * NPT];
 #pragma unroll
         for (int k = 0; k < NPT; ++k) {
-#pragma unroll
-          for (int o = LPC; o < 32; o <<= 1) {
-            dBv[k] += __shfl_xor_sync(0xffffffffu, dBv[k], o);
-            dCv[k] += __shfl_xor_sync(0xffffffffu, dCv[k], o);
-          }
+          v[k] = dBv[k];
+          v[NPT + k] = dCv[k];
         }
-        if ((threadIdx.x & 31) < LPC) {
+        int first;
+        const int count = channel_reduce_scatter<2 * NPT, LPC>(v, first);
+        if (count) {
 #pragma unroll
-          for (int k = 0; k < NPT; ++k) {
-            atomicAdd(&s_dB[t][lane * NPT + k], dBv[k]);
-            atomicAdd(&s_dC[t][lane * NPT + k], dCv[k]);
+          for (int j = 0; j < sums_per_lane(2 * NPT, LPC); ++j) {
+            const int idx = first + j;
+            float *dst = idx < NPT ? &s_dB[t][lane * NPT + idx] : &s_dC[t][lane * NPT + idx - NPT];
+            atomicAdd(dst, v[j]);
           }
         }
       }
@@ -496,8 +542,11 @@ inline dim3 scan_grid(const ScanParams &p) {
 }
 
 // (NPT, LPC) by state size: 4 states per lane up to 128 states, 8 beyond; LPC lanes cover them.
-#define SSM_OFFSET_DISPATCH_NSTATE(N, ...)                 \
-  if ((N) <= 4) { constexpr int NPT = 4, LPC = 1; __VA_ARGS__; }       \
+// Few channels (batch x D below 16384) leave most of the GPU idle with 4 states per lane: then one
+// state per lane, 16 lanes per channel, for up to 16 states.
+#define SSM_OFFSET_DISPATCH_NSTATE(N, W, ...)                 \
+  if ((N) <= 16 && (N) > 4 && (W) < 16384) { constexpr int NPT = 1, LPC = 16; __VA_ARGS__; } \
+  else if ((N) <= 4) { constexpr int NPT = 4, LPC = 1; __VA_ARGS__; }       \
   else if ((N) <= 8) { constexpr int NPT = 4, LPC = 2; __VA_ARGS__; }  \
   else if ((N) <= 16) { constexpr int NPT = 4, LPC = 4; __VA_ARGS__; } \
   else if ((N) <= 32) { constexpr int NPT = 4, LPC = 8; __VA_ARGS__; } \
@@ -507,14 +556,14 @@ inline dim3 scan_grid(const ScanParams &p) {
 
 template <typename T>
 void launch_fwd(const ScanParams &p, cudaStream_t s) {
-  SSM_OFFSET_DISPATCH_NSTATE(p.nstate, {
+  SSM_OFFSET_DISPATCH_NSTATE(p.nstate, p.batch * p.dim, {
     fwd_kernel<T, NPT, LPC><<<scan_grid<Cfg<NPT, LPC>::kCpb>(p), kThreads, 0, s>>>(p);
   })
 }
 
 template <typename T>
 void launch_bwd(const ScanParams &p, cudaStream_t s) {
-  SSM_OFFSET_DISPATCH_NSTATE(p.nstate, {
+  SSM_OFFSET_DISPATCH_NSTATE(p.nstate, p.batch * p.dim, {
     bwd_kernel<T, NPT, LPC><<<scan_grid<Cfg<NPT, LPC>::kCpb>(p), kThreads, 0, s>>>(p);
   })
 }

@@ -11,15 +11,15 @@ void launch_step(const StepParams &p, int dtype, cudaStream_t s) {
   else detail::step_kernel<__nv_bfloat16><<<grid, detail::kThreads, 0, s>>>(p);
 }
 
-int bwd_chunk_len(int nstate) {
+int bwd_chunk_len(int nstate, int channels) {
   int len = 0;
-  SSM_OFFSET_DISPATCH_NSTATE(nstate, { len = detail::Cfg<NPT, LPC>::kTb; })
+  SSM_OFFSET_DISPATCH_NSTATE(nstate, channels, { len = detail::Cfg<NPT, LPC>::kTb; })
   return len;
 }
 
-int padded_state(int nstate) {
+int padded_state(int nstate, int channels) {
   int npad = 0;
-  SSM_OFFSET_DISPATCH_NSTATE(nstate, { npad = detail::Cfg<NPT, LPC>::kNpad; })
+  SSM_OFFSET_DISPATCH_NSTATE(nstate, channels, { npad = detail::Cfg<NPT, LPC>::kNpad; })
   return npad;
 }
 
