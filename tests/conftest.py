@@ -1,8 +1,10 @@
+"""Shared test set-up: one torch thread, and `cuda`-marked tests skipped where no CUDA GPU is visible (CI has
+none; the GPU machine runs them)."""
 import pytest
 import torch
 
 # The tests run tiny tensors: one thread is fastest, and with two threads on a loaded 2-core machine OpenMP's
-# spinning made steps up to 50× slower.
+# spinning made training steps up to 50× slower.
 torch.set_num_threads(1)
 
 

@@ -5,10 +5,10 @@ import argparse
 import sys
 from typing import List, Optional
 
-from . import demo, info
+from . import build_kernels, demo, info
 
 # Subcommand modules expose `register(subparsers)`; each sets `func` on its parser.
-_SUBCOMMANDS = [info, demo]
+_SUBCOMMANDS = [info, demo, build_kernels]
 
 
 def build_parser() -> argparse.ArgumentParser:

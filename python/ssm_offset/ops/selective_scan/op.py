@@ -17,6 +17,15 @@ from .step import selective_scan_step_reference
 _GRAD_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state", "state_offset", "y_offset")
 
 
+def selective_scan_bwd_reference(
+    dy, dfinal_state, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, state_offset, y_offset
+):
+    """The backward as the vector-Jacobian product of the reference: the op's default implementation,
+    and the fallback of the CUDA registration when the kernels cannot be built."""
+    tensors = dict(zip(_GRAD_NAMES, (u, delta, A, B, C, D, z, delta_bias, initial_state, state_offset, y_offset)))
+    return recompute_grads(selective_scan_naive, (dy, dfinal_state), tensors, delta_softplus=delta_softplus)
+
+
 @torch.library.custom_op("ssm_offset::selective_scan_fwd", mutates_args=())
 def selective_scan_fwd(
     u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor],
@@ -37,8 +46,9 @@ def selective_scan_bwd(
     D: Optional[Tensor], z: Optional[Tensor], delta_bias: Optional[Tensor], delta_softplus: bool,
     initial_state: Optional[Tensor], state_offset: Optional[Tensor], y_offset: Optional[Tensor],
 ) -> List[Tensor]:
-    tensors = dict(zip(_GRAD_NAMES, (u, delta, A, B, C, D, z, delta_bias, initial_state, state_offset, y_offset)))
-    return recompute_grads(selective_scan_naive, (dy, dfinal_state), tensors, delta_softplus=delta_softplus)
+    return selective_scan_bwd_reference(
+        dy, dfinal_state, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, state_offset, y_offset
+    )
 
 
 @selective_scan_bwd.register_fake

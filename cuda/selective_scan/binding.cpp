@@ -1,0 +1,206 @@
+// Torch binding of the selective-scan kernels. The ops themselves are defined once in Python
+// (ssm_offset/ops/selective_scan/op.py); ssm_offset/ops/kernels.py registers these functions as
+// their CUDA implementations after normalising the inputs: u, delta, z, B, C contiguous in one
+// dtype (B, C as (batch, groups, N, L)); A, D, delta_bias and the adapter tensors fp32 contiguous.
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/extension.h>
+
+#include "selective_scan.h"
+
+namespace {
+
+using at::Tensor;
+using Opt = std::optional<Tensor>;
+
+bool has(const Opt &t) { return t.has_value() && t->defined(); }
+
+const float *cptr(const Opt &t, const char *name) {
+  if (!has(t)) return nullptr;
+  TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous(), name, ": expected contiguous float32");
+  return t->data_ptr<float>();
+}
+
+float *mptr(const Opt &t) { return has(t) ? t->data_ptr<float>() : nullptr; }
+
+// A tensor shaped like its shared form with one more leading dim is per batch row.
+long long row_stride(const Opt &t, int shared_dims) {
+  return has(t) && t->dim() > shared_dims ? t->stride(0) : 0;
+}
+
+int dtype_code(const Tensor &u) {
+  switch (u.scalar_type()) {
+    case at::kFloat: return 0;
+    case at::kHalf: return 1;
+    case at::kBFloat16: return 2;
+    default: TORCH_CHECK(false, "selective scan kernels: u must be float32, float16 or bfloat16, got ", u.scalar_type());
+  }
+  return -1;
+}
+
+void check_like(const Tensor &t, const Tensor &u, const char *name) {
+  TORCH_CHECK(t.is_cuda() && t.scalar_type() == u.scalar_type() && t.is_contiguous(), name,
+              ": expected a contiguous CUDA tensor of dtype ", u.scalar_type());
+}
+
+Opt zeros_like_opt(const Opt &t) {
+  return has(t) ? Opt(at::zeros(t->sizes(), t->options().dtype(at::kFloat))) : Opt();
+}
+
+ssm_offset::ScanParams common(const Tensor &u, const Tensor &delta, const Tensor &A, const Tensor &B,
+                              const Tensor &C, const Opt &D, const Opt &z, const Opt &delta_bias,
+                              bool softplus, const Opt &h0, const Opt &hoff, const Opt &yoff) {
+  TORCH_CHECK(u.is_cuda() && u.dim() == 3 && u.is_contiguous(), "u: expected a contiguous CUDA (batch, D, L) tensor");
+  check_like(delta, u, "delta");
+  check_like(B, u, "B");
+  check_like(C, u, "C");
+  if (has(z)) check_like(*z, u, "z");
+  TORCH_CHECK(B.dim() == 4 && C.sizes() == B.sizes(), "B, C: expected (batch, groups, N, L)");
+  ssm_offset::ScanParams p{};
+  p.batch = u.size(0);
+  p.dim = u.size(1);
+  p.len = u.size(2);
+  p.groups = B.size(1);
+  p.nstate = A.size(1);
+  TORCH_CHECK(p.nstate >= 1 && p.nstate <= 256, "A: d_state must be in 1..256, got ", p.nstate);
+  TORCH_CHECK(p.dim % p.groups == 0, "B: groups must divide D");
+  p.softplus = softplus;
+  p.u = u.data_ptr();
+  p.delta = delta.data_ptr();
+  p.z = has(z) ? z->data_ptr() : nullptr;
+  p.B = B.data_ptr();
+  p.C = C.data_ptr();
+  p.A = cptr(A, "A");
+  p.D = cptr(D, "D");
+  p.delta_bias = cptr(delta_bias, "delta_bias");
+  p.h0 = cptr(h0, "initial_state");
+  p.hoff = cptr(hoff, "state_offset");
+  p.yoff = cptr(yoff, "y_offset");
+  p.h0_bstride = row_stride(h0, 2);
+  p.hoff_bstride = row_stride(hoff, 2);
+  p.yoff_bstride = row_stride(yoff, 1);
+  return p;
+}
+
+std::tuple<Tensor, Tensor> fwd(const Tensor &u, const Tensor &delta, const Tensor &A, const Tensor &B,
+                               const Tensor &C, const Opt &D, const Opt &z, const Opt &delta_bias,
+                               bool softplus, const Opt &h0, const Opt &hoff, const Opt &yoff) {
+  const c10::cuda::CUDAGuard guard(u.device());
+  auto p = common(u, delta, A, B, C, D, z, delta_bias, softplus, h0, hoff, yoff);
+  Tensor y = at::empty_like(u);
+  Tensor final_state = at::empty({p.batch, p.dim, p.nstate}, u.options().dtype(at::kFloat));
+  p.y = y.data_ptr();
+  p.final_state = final_state.data_ptr<float>();
+  if (p.len == 0 || p.batch == 0 || p.dim == 0) return {y, final_state};
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  switch (dtype_code(u)) {
+    case 0: ssm_offset::launch_fwd_f32(p, stream); break;
+    case 1: ssm_offset::launch_fwd_f16(p, stream); break;
+    default: ssm_offset::launch_fwd_bf16(p, stream); break;
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {y, final_state};
+}
+
+// Gradients in the op's order (u, delta, A, B, C, D, z, delta_bias, initial_state, state_offset,
+// y_offset); undefined for absent inputs. A, B, C, D, delta_bias and the adapters come back fp32.
+std::vector<Tensor> bwd(const Tensor &dout, const Opt &dfinal, const Tensor &u, const Tensor &delta,
+                        const Tensor &A, const Tensor &B, const Tensor &C, const Opt &D, const Opt &z,
+                        const Opt &delta_bias, bool softplus, const Opt &h0, const Opt &hoff,
+                        const Opt &yoff) {
+  const c10::cuda::CUDAGuard guard(u.device());
+  auto p = common(u, delta, A, B, C, D, z, delta_bias, softplus, h0, hoff, yoff);
+  check_like(dout, u, "dy");
+  Tensor du = at::empty_like(u), ddelta = at::empty_like(u);
+  Opt dz = has(z) ? Opt(at::empty_like(u)) : Opt();
+  auto f32 = u.options().dtype(at::kFloat);
+  Tensor dA = at::zeros(A.sizes(), f32);
+  Tensor dB = at::zeros(B.sizes(), f32), dC = at::zeros(C.sizes(), f32);
+  Opt dD = zeros_like_opt(D), dbias = zeros_like_opt(delta_bias);
+  Opt dh0 = zeros_like_opt(h0), dhoff = zeros_like_opt(hoff), dyoff = zeros_like_opt(yoff);
+  p.dout = dout.data_ptr();
+  p.dfinal = cptr(dfinal, "dfinal_state");
+  p.du = du.data_ptr();
+  p.ddelta = ddelta.data_ptr();
+  p.dz = has(dz) ? dz->data_ptr() : nullptr;
+  p.dA = dA.data_ptr<float>();
+  p.dB = dB.data_ptr<float>();
+  p.dC = dC.data_ptr<float>();
+  p.dD = mptr(dD);
+  p.dbias = mptr(dbias);
+  p.dh0 = mptr(dh0);
+  p.dhoff = mptr(dhoff);
+  p.dyoff = mptr(dyoff);
+  if (p.len > 0 && p.batch > 0 && p.dim > 0) {
+    const int chunk = ssm_offset::bwd_chunk_len(p.nstate, p.batch * p.dim);
+    const long long nch = (p.len + chunk - 1) / chunk;
+    Tensor ckpt = at::empty({p.batch, nch, p.dim, ssm_offset::padded_state(p.nstate, p.batch * p.dim)}, f32);
+    p.ckpt = ckpt.data_ptr<float>();
+    auto stream = c10::cuda::getCurrentCUDAStream();
+    switch (dtype_code(u)) {
+      case 0: ssm_offset::launch_bwd_f32(p, stream); break;
+      case 1: ssm_offset::launch_bwd_f16(p, stream); break;
+      default: ssm_offset::launch_bwd_bf16(p, stream); break;
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  } else {
+    du.zero_();
+    ddelta.zero_();
+    if (has(dz)) dz->zero_();
+    if (has(dh0) && has(dfinal)) dh0->copy_(has(h0) && h0->dim() == 2 ? dfinal->sum(0) : *dfinal);
+  }
+  auto out = [](const Opt &t) { return has(t) ? *t : Tensor(); };
+  return {du, ddelta, dA, dB, dC, out(dD), out(dz), out(dbias), out(dh0), out(dhoff), out(dyoff)};
+}
+
+std::tuple<Tensor, Tensor> step(const Tensor &state, const Tensor &u, const Tensor &delta, const Tensor &A,
+                                const Tensor &B, const Tensor &C, const Opt &D, const Opt &z,
+                                const Opt &delta_bias, bool softplus, const Opt &hoff, const Opt &yoff) {
+  const c10::cuda::CUDAGuard guard(u.device());
+  TORCH_CHECK(u.is_cuda() && u.dim() == 2 && u.is_contiguous(), "u: expected a contiguous CUDA (batch, D) tensor");
+  check_like(delta, u, "delta");
+  check_like(B, u, "B");
+  check_like(C, u, "C");
+  if (has(z)) check_like(*z, u, "z");
+  TORCH_CHECK(B.dim() == 3, "B, C: expected (batch, groups, N)");
+  TORCH_CHECK(state.scalar_type() == at::kFloat && state.is_contiguous() && state.dim() == 3,
+              "state: expected contiguous float32 (batch, D, N)");
+  ssm_offset::StepParams p{};
+  p.batch = u.size(0);
+  p.dim = u.size(1);
+  p.groups = B.size(1);
+  p.nstate = A.size(1);
+  p.softplus = softplus;
+  p.state = state.data_ptr<float>();
+  p.u = u.data_ptr();
+  p.delta = delta.data_ptr();
+  p.z = has(z) ? z->data_ptr() : nullptr;
+  p.B = B.data_ptr();
+  p.C = C.data_ptr();
+  p.A = cptr(A, "A");
+  p.D = cptr(D, "D");
+  p.delta_bias = cptr(delta_bias, "delta_bias");
+  p.hoff = cptr(hoff, "state_offset");
+  p.yoff = cptr(yoff, "y_offset");
+  p.hoff_bstride = row_stride(hoff, 2);
+  p.yoff_bstride = row_stride(yoff, 1);
+  Tensor y = at::empty_like(u);
+  Tensor new_state = at::empty_like(state);
+  p.y = y.data_ptr();
+  p.new_state = new_state.data_ptr<float>();
+  if (p.batch > 0 && p.dim > 0) {
+    ssm_offset::launch_step(p, dtype_code(u), c10::cuda::getCurrentCUDAStream());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  return {y, new_state};
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "ssm_offset CUDA kernels: Mamba-1 selective scan (fwd, bwd) and decode step";
+  m.def("fwd", &fwd, "selective scan forward");
+  m.def("bwd", &bwd, "selective scan backward");
+  m.def("step", &step, "selective scan decode step");
+}

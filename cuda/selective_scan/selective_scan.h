@@ -1,0 +1,56 @@
+// Host-side interface of the Mamba-1 selective-scan kernels: one parameter block per launch.
+// The torch binding (binding.cpp) fills it; the kernels (selective_scan_kernels.cuh) read it.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+namespace ssm_offset {
+
+struct ScanParams {
+  int batch, dim, len, nstate, groups;
+  bool softplus;
+  // inputs: u, delta, z in one dtype (the template's T); B, C (batch, groups, nstate, len) in T too
+  const void *u, *delta, *z, *B, *C;
+  // fp32: A (dim, nstate); D, delta_bias (dim); initial state / state offset (dim, nstate) or per row;
+  // y offset (dim) or per row. A null pointer means the input is absent.
+  const float *A, *D, *delta_bias, *h0, *hoff, *yoff;
+  long long h0_bstride, hoff_bstride, yoff_bstride;  // 0 = shared across the batch
+  // forward outputs
+  void *y;             // (batch, dim, len), T
+  float *final_state;  // (batch, dim, nstate)
+  // backward
+  const void *dout;       // (batch, dim, len), T
+  const float *dfinal;    // (batch, dim, nstate) or null
+  void *du, *ddelta, *dz; // T
+  // fp32 accumulators, zeroed by the caller (atomically accumulated): dA (dim, nstate), dB/dC like B,
+  // dD/dbias (dim), dh0/dhoff/dyoff shaped like their inputs
+  float *dA, *dB, *dC, *dD, *dbias, *dh0, *dhoff, *dyoff;
+  float *ckpt;  // workspace: the state at the start of every backward chunk
+};
+
+struct StepParams {
+  int batch, dim, nstate, groups;
+  bool softplus;
+  const float *state;  // (batch, dim, nstate)
+  const void *u, *delta, *z, *B, *C;  // u/delta/z (batch, dim), B/C (batch, groups, nstate), dtype T
+  const float *A, *D, *delta_bias, *hoff, *yoff;
+  long long hoff_bstride, yoff_bstride;
+  void *y;            // (batch, dim), T
+  float *new_state;   // (batch, dim, nstate)
+};
+
+// dtype codes: 0 float32, 1 float16, 2 bfloat16
+void launch_fwd_f32(const ScanParams &p, cudaStream_t s);
+void launch_fwd_f16(const ScanParams &p, cudaStream_t s);
+void launch_fwd_bf16(const ScanParams &p, cudaStream_t s);
+void launch_bwd_f32(const ScanParams &p, cudaStream_t s);
+void launch_bwd_f16(const ScanParams &p, cudaStream_t s);
+void launch_bwd_bf16(const ScanParams &p, cudaStream_t s);
+void launch_step(const StepParams &p, int dtype, cudaStream_t s);
+
+// Length of one backward chunk (the checkpoint interval) for a state size and batch x dim channels;
+// the caller sizes ckpt as (batch, ceil(len / chunk), dim, padded_state(...)) floats.
+int bwd_chunk_len(int nstate, int channels);
+int padded_state(int nstate, int channels);
+
+}  // namespace ssm_offset

@@ -1,0 +1,252 @@
+"""The CUDA selective-scan kernels against the float64 reference (outputs and autograd gradients).
+
+The grid is pairwise: every pair of values of the parameters below appears together in at least one
+case (greedy all-pairs, a fixed case list), and every flag is also run at lengths 2049 and 8192 in
+bf16. Inputs are fresh random draws on each run (the seed is in the failure message); the allocator's
+free memory is poisoned with NaN before each kernel call so an unwritten output cannot pass.
+Tolerances are mamba_ssm's own: fp32 rtol 6e-4 / atol 2e-3, bf16 rtol 3e-2 / atol 5e-2.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import random
+
+import pytest
+import torch
+
+from ssm_offset.ops import kernels
+from ssm_offset.ops.selective_scan import selective_scan, selective_scan_step
+from ssm_offset.ops.selective_scan.naive import selective_scan_naive
+from ssm_offset.ops.selective_scan.step import selective_scan_step_reference
+
+pytestmark = pytest.mark.cuda
+
+TOL = {torch.float32: (6e-4, 2e-3), torch.bfloat16: (3e-2, 5e-2), torch.float16: (3e-3, 5e-3)}
+
+PARAMS = {
+    "length": [1, 7, 64, 1000, 2048, 2049, 8192],
+    "nstate": [1, 16, 24, 64, 256],
+    "groups": [1, 2],
+    "dtype": [torch.float32, torch.bfloat16],
+    "z": [False, True],
+    "D": [False, True],
+    "delta_bias": [False, True],
+    "softplus": [False, True],
+    "initial_state": [None, "shared", "row"],
+    "state_offset": [None, "shared", "row"],
+    "y_offset": [None, "shared", "row"],
+}
+
+
+def _pairwise(params, seed=0):
+    """Greedy all-pairs cover: a short list of cases in which every pair of values occurs."""
+    names = list(params)
+    uncovered = {
+        (a, va, b, vb)
+        for a, b in itertools.combinations(range(len(names)), 2)
+        for va in range(len(params[names[a]]))
+        for vb in range(len(params[names[b]]))
+    }
+    rng = random.Random(seed)
+    cases = []
+    while uncovered:
+        # seed each case with an uncovered pair, then fill the rest to cover the most new pairs
+        a, va, b, vb = min(uncovered)
+        best, best_gain = None, -1
+        for _ in range(60):
+            pick = [rng.randrange(len(params[n])) for n in names]
+            pick[a], pick[b] = va, vb
+            gain = sum(
+                (i, pick[i], j, pick[j]) in uncovered for i, j in itertools.combinations(range(len(names)), 2)
+            )
+            if gain > best_gain:
+                best, best_gain = pick, gain
+        uncovered -= {(i, best[i], j, best[j]) for i, j in itertools.combinations(range(len(names)), 2)}
+        cases.append({n: params[n][k] for n, k in zip(names, best)})
+    return cases
+
+
+ALL_ON = dict(z=True, D=True, delta_bias=True, softplus=True, initial_state="row", state_offset="shared", y_offset="row")
+CASES = _pairwise(PARAMS) + [
+    dict(length=L, nstate=16, groups=2, dtype=torch.bfloat16, **flags)
+    for L in (2049, 8192)
+    for flags in (ALL_ON, {**ALL_ON, "initial_state": "shared", "state_offset": "row", "y_offset": "shared"})
+] + [
+    # batch x D >= 16384 selects the 4-states-per-lane layout for N <= 16 (fewer channels use 1 per lane)
+    dict(length=L, nstate=16, groups=G, dtype=dt, batch=2, dim=8192, **ALL_ON)
+    for L, G, dt in ((300, 1, torch.float32), (70, 2, torch.bfloat16))
+]
+
+
+def _id(case):
+    return "-".join(
+        f"{k}={v}".replace("torch.", "") for k, v in case.items() if v not in (False, None)
+    )
+
+
+def _poison():
+    # fill free allocator blocks with NaN so that an element the kernel never writes shows up
+    junk = torch.full((16 << 20,), float("nan"), device="cuda")
+    del junk
+
+
+def _inputs(case, batch=2, dim=8, seed=None):
+    gen = torch.Generator(device="cuda")
+    gen.manual_seed(seed)
+    L, N, G, dt = case["length"], case["nstate"], case["groups"], case["dtype"]
+    cuda = dict(device="cuda")
+
+    def rnd(*shape, scale=1.0, shift=0.0, uniform=False, dtype=torch.float32):
+        x = torch.rand(*shape, generator=gen, **cuda) if uniform else torch.randn(*shape, generator=gen, **cuda)
+        return (x * scale + shift).to(dtype)
+
+    def adapter(kind, *shape):
+        if kind is None:
+            return None
+        return rnd(*(((batch,) if kind == "row" else ()) + shape), scale=0.5)
+
+    t = dict(
+        u=rnd(batch, dim, L, dtype=dt),
+        delta=rnd(batch, dim, L, scale=0.5, uniform=True, dtype=dt) if case["softplus"] is False
+        else rnd(batch, dim, L, scale=2.0, shift=-2.0, uniform=True, dtype=dt),
+        A=-0.5 * rnd(dim, N, uniform=True) - 0.05,
+        B=rnd(batch, G, N, L, dtype=dt) if G > 1 else rnd(batch, N, L, dtype=dt),
+        C=rnd(batch, G, N, L, dtype=dt) if G > 1 else rnd(batch, N, L, dtype=dt),
+        D=rnd(dim) if case["D"] else None,
+        z=rnd(batch, dim, L, dtype=dt) if case["z"] else None,
+        delta_bias=rnd(dim, scale=0.5, uniform=True) if case["delta_bias"] else None,
+        initial_state=adapter(case["initial_state"], dim, N),
+        state_offset=adapter(case["state_offset"], dim, N),
+        y_offset=adapter(case["y_offset"], dim),
+    )
+    return t
+
+
+MAX_ERR = {}  # (what, dtype) -> (max abs error, max relative-to-tolerance ratio), for the run's log
+
+
+def _close(name, got, want, dtype, seed):
+    rtol, atol = TOL[dtype]
+    assert got.shape == want.shape, f"{name}: shape {tuple(got.shape)} != {tuple(want.shape)}"
+    assert torch.isfinite(got).all(), f"{name}: non-finite values (unwritten output?) seed={seed}"
+    got64, want64 = got.double(), want.double()
+    err = (got64 - want64).abs()
+    bad = err > atol + rtol * want64.abs()
+    assert not bad.any(), (
+        f"{name}: {int(bad.sum())}/{bad.numel()} elements off, max abs err {err.max().item():.3g} "
+        f"(max |ref| {want64.abs().max().item():.3g}), seed={seed}"
+    )
+    key = (name, str(dtype).replace("torch.", ""))
+    prev = MAX_ERR.get(key, (0.0, 0.0))
+    ratio = (err / (atol + rtol * want64.abs())).max().item() if err.numel() else 0.0
+    MAX_ERR[key] = (max(prev[0], err.max().item() if err.numel() else 0.0), max(prev[1], ratio))
+    return err.max().item()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _kernels_built():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU (torch.cuda.is_available() is false)")
+    kernels.build()
+    yield
+    path = os.environ.get("SSM_OFFSET_ERROR_LOG")
+    if path:  # the GPU run's record of how close each output came to its tolerance
+        rows = {f"{k[0]} [{k[1]}]": {"max_abs_err": v[0], "max_err_over_tol": v[1]} for k, v in sorted(MAX_ERR.items())}
+        with open(path, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[_id(c) for c in CASES])
+def test_forward_backward_matches_float64_reference(case):
+    seed = torch.seed() % (2**31)
+    dt = case["dtype"]
+    t = _inputs(case, batch=case.get("batch", 2), dim=case.get("dim", 8), seed=seed)
+    names = [k for k, v in t.items() if v is not None]
+    leaves = {k: v.clone().requires_grad_(True) for k, v in t.items() if v is not None}
+    ref_leaves = {k: v.detach().double().requires_grad_(True) for k, v in t.items() if v is not None}
+    kw = dict(delta_softplus=case["softplus"])
+
+    _poison()
+    y, final = selective_scan(**leaves, **kw, return_final_state=True)
+    torch.cuda.synchronize()
+    y_ref, final_ref = selective_scan_naive(**ref_leaves, **kw)
+    _close("y", y, y_ref, dt, seed)
+    _close("final_state", final, final_ref, torch.float32, seed)
+
+    dy = torch.randn_like(y)
+    dfinal = torch.randn_like(final)
+    _poison()
+    torch.autograd.backward((y, final), (dy, dfinal))
+    torch.autograd.backward((y_ref, final_ref), (dy.double(), dfinal.double()))
+    for k in names:
+        # gradients of the fp32 parameters are checked at fp32 tolerance only for fp32 inputs: with
+        # bf16 inputs they accumulate bf16-rounded products like mamba_ssm's
+        _close(f"d{k}", leaves[k].grad, ref_leaves[k].grad.to(leaves[k].grad.dtype), dt, seed)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("nstate,groups,per_row", [(16, 1, False), (24, 2, True), (256, 1, True)])
+def test_step_matches_reference_and_scan(dtype, nstate, groups, per_row):
+    seed = torch.seed() % (2**31)
+    case = dict(length=5, nstate=nstate, groups=groups, dtype=dtype, z=True, D=True, delta_bias=True,
+                softplus=True, initial_state="row", state_offset="row" if per_row else "shared",
+                y_offset="row" if per_row else "shared")
+    t = _inputs(case, batch=3, dim=16, seed=seed)
+    state = t["initial_state"].clone()
+    ys = []
+    for i in range(case["length"]):
+        step_in = {k: t[k][..., i] for k in ("u", "delta", "B", "C", "z")}
+        _poison()
+        y, new_state = selective_scan_step(state, **step_in, A=t["A"], D=t["D"], delta_bias=t["delta_bias"],
+                                           delta_softplus=True, state_offset=t["state_offset"],
+                                           y_offset=t["y_offset"])
+        y_ref, state_ref = selective_scan_step_reference(
+            state.double(), **{k: v.double() for k, v in step_in.items()}, A=t["A"].double(),
+            D=t["D"].double(), delta_bias=t["delta_bias"].double(), delta_softplus=True,
+            state_offset=t["state_offset"].double(), y_offset=t["y_offset"].double())
+        _close("step y", y, y_ref, dtype, seed)
+        _close("step state", new_state, state_ref, torch.float32, seed)
+        ys.append(y)
+        state = new_state
+    # the steps agree with the scan over the same tokens
+    y_scan, final = selective_scan(**t, delta_softplus=True, return_final_state=True)
+    _close("steps vs scan", torch.stack(ys, -1), y_scan, dtype, seed)
+    _close("final state", state, final, torch.float32, seed)
+
+
+def test_torch_compile_fullgraph_on_cuda():
+    case = dict(length=300, nstate=16, groups=1, dtype=torch.float32, z=True, D=True, delta_bias=True,
+                softplus=True, initial_state="shared", state_offset="shared", y_offset="shared")
+    t = _inputs(case, seed=1234)
+    leaves = {k: v.clone().requires_grad_(True) for k, v in t.items()}
+
+    def f(**kw):
+        return selective_scan(**kw, delta_softplus=True).float().square().sum()
+
+    eager = f(**leaves)
+    eager.backward()
+    g_eager = {k: v.grad.clone() for k, v in leaves.items()}
+    for v in leaves.values():
+        v.grad = None
+    compiled = torch.compile(f, fullgraph=True)
+    out = compiled(**leaves)
+    out.backward()
+    torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-5)
+    for k in leaves:
+        torch.testing.assert_close(leaves[k].grad, g_eager[k], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_matches_mamba_ssm_without_offset(dtype):
+    ops = pytest.importorskip("mamba_ssm.ops.selective_scan_interface", reason="mamba_ssm not installed")
+    case = dict(length=2049, nstate=16, groups=1, dtype=dtype, z=True, D=True, delta_bias=True, softplus=True,
+                initial_state=None, state_offset=None, y_offset=None)
+    t = _inputs(case, batch=2, dim=64, seed=torch.seed() % (2**31))
+    args = (t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], t["z"], t["delta_bias"])
+    ours, ours_last = selective_scan(*args, delta_softplus=True, return_final_state=True)
+    theirs, their_last = ops.selective_scan_fn(*args, delta_softplus=True, return_last_state=True)
+    rtol, atol = TOL[dtype]
+    torch.testing.assert_close(ours.float(), theirs.float(), rtol=rtol, atol=atol)
+    torch.testing.assert_close(ours_last, their_last.float(), rtol=rtol, atol=atol)
