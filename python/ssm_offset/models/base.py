@@ -17,8 +17,14 @@ from .cache import Cache
 from .config import SSMConfig
 
 
+def _upcast(x: torch.Tensor) -> torch.Tensor:
+    """Norms compute in fp32, or fp64 for fp64 inputs (never below the input's precision; fp64 oracle tests)."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 class RMSNorm(nn.Module):
-    """weight · x / rms(x), computed in fp32 and cast back before the weight (transformers' MambaRMSNorm)."""
+    """weight · x / rms(x), computed in fp32 (fp64 inputs: fp64) and cast back before the weight
+    (transformers' MambaRMSNorm)."""
 
     def __init__(self, hidden_size: int, eps: float = 1e-5):
         super().__init__()
@@ -26,14 +32,14 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
+        xf = _upcast(x)
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * xf.to(x.dtype)
 
 
 class GatedRMSNorm(nn.Module):
     """Mamba-2's output norm: RMSNorm(y · silu(z)) over groups of `group_size` channels (gate before norm,
-    mamba_ssm's `norm_before_gate=False`)."""
+    mamba_ssm's `norm_before_gate=False`); RMSNorm(y) with the same weight when no gate is given."""
 
     def __init__(self, hidden_size: int, group_size: int, eps: float = 1e-5):
         super().__init__()
@@ -41,8 +47,9 @@ class GatedRMSNorm(nn.Module):
         self.group_size = group_size
         self.eps = eps
 
-    def forward(self, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-        yf = y.float() * F.silu(gate.float())
+    def forward(self, y: torch.Tensor, gate: Optional[torch.Tensor] = None) -> torch.Tensor:
+        # without a gate: the same grouped RMSNorm and weight (TransMamba's attention tokens take this path)
+        yf = _upcast(y) if gate is None else _upcast(y) * F.silu(_upcast(gate))
         g = yf.view(*yf.shape[:-1], -1, self.group_size)
         g = g * torch.rsqrt(g.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * g.view(yf.shape).to(y.dtype)
@@ -217,7 +224,7 @@ class CausalLM(nn.Module):
         hidden = self.backbone(inputs_embeds, cache=cache)
         logits = self.lm_head(hidden.to(self.lm_head.weight.dtype)).float()
         if cache is not None:
-            cache.seqlen += inputs_embeds.shape[1]
+            cache.advance(inputs_embeds.shape[1])
         loss = causal_lm_loss(logits, labels) if labels is not None else None
         return CausalLMOutput(logits=logits, loss=loss, cache=cache)
 
