@@ -223,8 +223,10 @@ class TransMambaConfig(Mamba2Config):
         if not isinstance(self.use_rope, bool):
             raise ConfigError(f"use_rope: got {self.use_rope!r}, expected true or false")
         if self.use_rope and self.state_size % 2:
-            raise ConfigError(f"use_rope: rotary embedding needs an even state_size (the Q/K width), got {self.state_size}")
-        if isinstance(self.rope_theta, bool) or not isinstance(self.rope_theta, (int, float)) or not self.rope_theta > 0:
+            raise ConfigError(
+                f"use_rope: rotary embedding needs an even state_size (the Q/K width), got {self.state_size}")
+        theta = self.rope_theta
+        if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not theta > 0:
             raise ConfigError(f"rope_theta: got {self.rope_theta!r}, expected a positive number")
 
 
