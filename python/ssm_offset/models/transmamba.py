@@ -10,9 +10,11 @@ continues the same conv window the attention part used):
 
 Head mapping: C and B have G groups of width N, x has H heads of width head_dim. Value head h attends with
 the Q/K of its group g = h // (H / G) — the same head→group map the SSD scan uses, so the attention path is
-the SSD's "C Bᵀ" mixing with the decay mask replaced by a causal softmax. All H/G heads of a group share
-their attention weights, so the attention runs once per group with the group's heads concatenated as a value
-of width (H / G)·head_dim (exactly GQA with the per-head results equal, at 1/(H/G) of the softmax work).
+the SSD's "C Bᵀ" mixing with the decay mask replaced by a causal softmax, scaled by 1/sqrt(N). Q and K are
+repeated to the H heads (GQA-style) and SDPA runs over H heads of Q/K width N and value width head_dim.
+(Running one attention per group with the group's heads concatenated into one wide value is also exact and
+does 1/(H/G) of the softmax work, but measured 3-4x slower on an H100 for G = 1: SDPA's fused kernels do not
+take, or are slow at, values of width (H/G)·head_dim; see benches/results/transmamba_attention_layout.txt.)
 
 Output norm: the SSM tokens take Mamba-2's gated RMSNorm unchanged; the attention tokens take the same
 grouped RMSNorm and weight without the z gate (z and D belong to the SSM path). So P = 0 is exactly
@@ -184,14 +186,16 @@ class TransMambaMixer(Mamba2Mixer):
 
     def attend(self, q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, t0: int) -> torch.Tensor:
         """Causal softmax attention of queries q = C at positions [t0, t0 + s) over key = B, value = x at
-        [0, t0 + s); one attention per group (module docstring). Returns (b, s, H, head_dim)."""
+        [0, t0 + s); head h uses group h // (H / G) (module docstring). Returns (b, s, H, head_dim)."""
         batch, s, groups, _ = q.shape
         total = key.shape[1]
         qh, kh = q.transpose(1, 2), key.transpose(1, 2)  # (b, G, ·, N)
-        vh = value.reshape(batch, total, groups, -1).transpose(1, 2)  # (b, G, T, (H/G)·head_dim)
         if self.use_rope:
             qh = rotary(qh, torch.arange(t0, t0 + s, device=q.device), self.rope_theta)
             kh = rotary(kh, torch.arange(total, device=q.device), self.rope_theta)
+        per_group = self.num_heads // groups
+        qh, kh = qh.repeat_interleave(per_group, dim=1), kh.repeat_interleave(per_group, dim=1)  # (b, H, ·, N)
+        vh = value.transpose(1, 2)  # (b, H, T, head_dim)
         if t0 == 0:
             o = F.scaled_dot_product_attention(qh, kh, vh, is_causal=True)
         elif s == 1:  # one new token sees every cached one
@@ -199,7 +203,7 @@ class TransMambaMixer(Mamba2Mixer):
         else:  # is_causal aligns the mask top-left; queries continuing a cache need it bottom-right
             mask = torch.arange(t0, t0 + s, device=q.device)[:, None] >= torch.arange(total, device=q.device)
             o = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask)
-        return o.transpose(1, 2).reshape(batch, s, self.num_heads, self.head_dim)
+        return o.transpose(1, 2)
 
     def memory_converter(self, key: torch.Tensor, value: torch.Tensor, dt: torch.Tensor, *,
                          initial_state: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
