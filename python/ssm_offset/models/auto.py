@@ -4,11 +4,14 @@ from __future__ import annotations
 from typing import Dict, Type
 
 from .base import CausalLM
-from .config import Mamba2Config, MambaConfig, SSMConfig
+from .config import Mamba2Config, MambaConfig, SSMConfig, TransMambaConfig
 from .mamba import MambaForCausalLM
 from .mamba2 import Mamba2ForCausalLM
+from .transmamba import TransMambaForCausalLM
 
-MODEL_CLASSES: Dict[type, Type[CausalLM]] = {MambaConfig: MambaForCausalLM, Mamba2Config: Mamba2ForCausalLM}
+MODEL_CLASSES: Dict[type, Type[CausalLM]] = {
+    MambaConfig: MambaForCausalLM, Mamba2Config: Mamba2ForCausalLM, TransMambaConfig: TransMambaForCausalLM,
+}
 
 
 def model_from_config(config: SSMConfig) -> CausalLM:

@@ -24,7 +24,8 @@ def wide(t: torch.Tensor) -> torch.Tensor:
 
 
 class RMSNorm(nn.Module):
-    """weight · x / rms(x), computed in fp32 and cast back before the weight (transformers' MambaRMSNorm)."""
+    """weight · x / rms(x), computed in fp32 (fp64 inputs: fp64) and cast back before the weight
+    (transformers' MambaRMSNorm)."""
 
     def __init__(self, hidden_size: int, eps: float = 1e-5):
         super().__init__()
@@ -39,7 +40,7 @@ class RMSNorm(nn.Module):
 
 class GatedRMSNorm(nn.Module):
     """Mamba-2's output norm: RMSNorm(y · silu(z)) over groups of `group_size` channels (gate before norm,
-    mamba_ssm's `norm_before_gate=False`)."""
+    mamba_ssm's `norm_before_gate=False`); RMSNorm(y) with the same weight when no gate is given."""
 
     def __init__(self, hidden_size: int, group_size: int, eps: float = 1e-5):
         super().__init__()
@@ -47,8 +48,9 @@ class GatedRMSNorm(nn.Module):
         self.group_size = group_size
         self.eps = eps
 
-    def forward(self, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-        yf = wide(y) * F.silu(wide(gate))
+    def forward(self, y: torch.Tensor, gate: Optional[torch.Tensor] = None) -> torch.Tensor:
+        # without a gate: the same grouped RMSNorm and weight (TransMamba's attention tokens take this path)
+        yf = wide(y) if gate is None else wide(y) * F.silu(wide(gate))
         g = yf.view(*yf.shape[:-1], -1, self.group_size)
         g = g * torch.rsqrt(g.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * g.view(yf.shape).to(y.dtype)
@@ -223,7 +225,7 @@ class CausalLM(nn.Module):
         hidden = self.backbone(inputs_embeds, cache=cache)
         logits = wide(self.lm_head(hidden.to(self.lm_head.weight.dtype)))
         if cache is not None:
-            cache.seqlen += inputs_embeds.shape[1]
+            cache.advance(inputs_embeds.shape[1])
         loss = causal_lm_loss(logits, labels) if labels is not None else None
         return CausalLMOutput(logits=logits, loss=loss, cache=cache)
 

@@ -3,7 +3,7 @@
 Field names and defaults are those of transformers' `MambaConfig` / `Mamba2Config`, so a Hugging Face
 `config.json` maps field for field and one saved by ssm-offset loads in transformers. Two dialects are read:
 
-- Hugging Face (`model_type` "mamba" / "mamba2"): `config_from_hf_dict`.
+- Hugging Face (`model_type` "mamba" / "mamba2" / "transmamba"): `config_from_hf_dict`.
 - mamba_ssm's `MambaLMHeadModel` (`d_model`, `n_layer`, `ssm_cfg`, ...): `config_from_mamba_ssm_dict`.
 
 Nothing is silently dropped: a field is either used, checked against what the model implements, or on an
@@ -13,7 +13,7 @@ transformers). Anything else is an error naming the field.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar, Dict, List, Optional, Tuple, Union
 
 TokenIds = Union[int, List[int], None]
@@ -174,8 +174,74 @@ class Mamba2Config(_SSMConfig):
         return d
 
 
-CONFIG_CLASSES = {c.model_type: c for c in (MambaConfig, Mamba2Config)}
-SSMConfig = Union[MambaConfig, Mamba2Config]
+def geometric_transpoints(length: int, n: int = 8) -> List[int]:
+    """TransMamba's schedule shape scaled to a training length: [0, length/2^(n-2), ..., length/2, length].
+
+    At length 8192 and n = 8 this is the paper's best schedule [0, 128, 256, 512, 1024, 2048, 4096, 8192]:
+    one layer in eight is pure Mamba-2, one is pure attention, the rest switch at doubling positions.
+    """
+    if not isinstance(length, int) or length < 1 or not isinstance(n, int) or n < 2:
+        raise ValueError(f"geometric_transpoints: got length={length!r}, n={n!r}; expected length >= 1, n >= 2")
+    return [0] + [length >> k for k in range(n - 2, -1, -1)]
+
+
+# the paper's schedule shape for training sequences of 1024 tokens (its 8192-token schedule divided by 8)
+DEFAULT_TRANSPOINTS = tuple(geometric_transpoints(1024))
+
+
+@dataclass
+class TransMambaConfig(Mamba2Config):
+    """TransMamba (Li et al. 2025): Mamba-2 layers whose parameters also serve as attention (Q = C, K = B,
+    V = x); in layer i the tokens before its TransPoint use causal softmax attention and the rest the SSM,
+    started from the attention prefix's exact SSM state (the Memory Converter).
+
+    transpoints_train / transpoints_infer: absolute token positions, cycled over the layers (layer i uses
+        schedule[i % len(schedule)]); the model uses the first in `train()` mode and the second in `eval()`
+        mode. 0 is a pure Mamba-2 layer; a TransPoint at or beyond the sequence length is pure attention.
+    use_rope / rope_theta: rotary position embedding on the attention path's Q and K (off by default: the
+        paper's attention reuses C and B as they are; the SSM path never sees the rotation).
+    """
+
+    model_type: ClassVar[str] = "transmamba"
+    architecture: ClassVar[str] = "TransMambaForCausalLM"
+
+    transpoints_train: List[int] = field(default_factory=lambda: list(DEFAULT_TRANSPOINTS))
+    transpoints_infer: List[int] = field(default_factory=lambda: list(DEFAULT_TRANSPOINTS))
+    use_rope: bool = False
+    rope_theta: float = 10000.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("transpoints_train", "transpoints_infer"):
+            if isinstance(getattr(self, name), tuple):
+                setattr(self, name, list(getattr(self, name)))
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("transpoints_train", "transpoints_infer"):
+            check_transpoints(getattr(self, name), name)
+        if not isinstance(self.use_rope, bool):
+            raise ConfigError(f"use_rope: got {self.use_rope!r}, expected true or false")
+        if self.use_rope and self.state_size % 2:
+            raise ConfigError(
+                f"use_rope: rotary embedding needs an even state_size (the Q/K width), got {self.state_size}")
+        theta = self.rope_theta
+        if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not theta > 0:
+            raise ConfigError(f"rope_theta: got {self.rope_theta!r}, expected a positive number")
+
+
+def check_transpoints(schedule: Any, name: str = "transpoints") -> List[int]:
+    """A schedule is a non-empty list of non-negative integer token positions; returns it as a list."""
+    ok = isinstance(schedule, (list, tuple)) and len(schedule) > 0 and all(
+        isinstance(p, int) and not isinstance(p, bool) and p >= 0 for p in schedule)
+    if not ok:
+        raise ConfigError(f"{name}: got {schedule!r}, expected a non-empty list of non-negative integers "
+                          "(absolute token positions, cycled over the layers)")
+    return list(schedule)
+
+
+CONFIG_CLASSES = {c.model_type: c for c in (MambaConfig, Mamba2Config, TransMambaConfig)}
+SSMConfig = Union[MambaConfig, Mamba2Config, TransMambaConfig]
 
 
 def _json_float(v: Any) -> float:
@@ -295,6 +361,7 @@ def config_from_mamba_ssm_dict(d: Dict[str, Any], source: str = "config.json") -
 
 
 __all__ = [
-    "ConfigError", "MambaConfig", "Mamba2Config", "SSMConfig", "CONFIG_CLASSES",
+    "ConfigError", "MambaConfig", "Mamba2Config", "TransMambaConfig", "SSMConfig", "CONFIG_CLASSES",
+    "DEFAULT_TRANSPOINTS", "geometric_transpoints", "check_transpoints",
     "config_from_hf_dict", "config_from_mamba_ssm_dict",
 ]

@@ -12,8 +12,6 @@ from typing import List, Optional, Sequence, Union
 
 import torch
 
-from .cache import Cache
-
 Prompts = Union[torch.Tensor, Sequence[Union[Sequence[int], torch.Tensor]]]
 
 
@@ -93,7 +91,7 @@ def prefill(model, rows: List[torch.Tensor]):
         logits.append(out.logits[:, -1])
         caches.append(out.cache)
     inverse = torch.argsort(torch.tensor(order, device=rows[0].device))
-    cache = caches[0] if len(caches) == 1 else Cache.cat(caches)
+    cache = caches[0] if len(caches) == 1 else type(caches[0]).cat(caches)
     return torch.cat(logits)[inverse], (cache if len(caches) == 1 else cache.select(inverse))
 
 
