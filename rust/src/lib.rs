@@ -1,6 +1,12 @@
-//! Rust core of ssm-offset.
+//! Rust core of ssm-offset: the adapter store ([`store`]), CEM search ([`cem`]) and the
+//! tokenization pipeline ([`tokenize`]). A library first; `python` only binds it.
+pub mod error;
+pub mod store;
+
 #[cfg(feature = "python")]
 mod python;
+
+pub use error::{Error, Result};
 
 /// Version of the core, reported by `ssm-offset info`.
 pub fn version() -> &'static str {
