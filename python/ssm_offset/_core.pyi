@@ -1,6 +1,7 @@
 """Typed stubs of the Rust core (`rust/src/python/`)."""
 
 from os import PathLike
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -51,3 +52,46 @@ class Store:
     def compact(self, rebuild: bool = False) -> dict[str, Any]: ...
 
 def base_fingerprint(config_json: str, tensors: list[_TensorArg] = ...) -> str: ...
+
+# --- CEM search (rust/src/cem.rs) -------------------------------------------------------------
+
+class CEM:
+    """Cross-entropy method over `dim` mixing weights; ask/tell, deterministic for a seed."""
+
+    def __init__(
+        self,
+        dim: int,
+        population: int = 32,
+        elite_fraction: float = 0.2,
+        mean: float | list[float] | None = None,
+        std: float | list[float] = 0.5,
+        bounds: tuple[float, float] | None = (0.0, 1.0),
+        std_floor: float = 0.0,
+        smoothing: float = 0.0,
+        seed: int = 0,
+        maximize: bool = True,
+        keep_best: bool = True,
+        param: str = "box",
+    ) -> None: ...
+    def ask(self) -> npt.NDArray[np.float64]:
+        """The population to evaluate, shape (population, dim); same again until `tell`."""
+    def tell(self, fitness: npt.ArrayLike) -> None:
+        """One score per row of the last `ask`; NaN/inf rank last."""
+    def optimize(
+        self, f: Callable[[npt.NDArray[np.float64]], npt.ArrayLike], iterations: int
+    ) -> tuple[npt.NDArray[np.float64], float] | None: ...
+    @property
+    def best(self) -> tuple[npt.NDArray[np.float64], float] | None: ...
+    @property
+    def mean(self) -> npt.NDArray[np.float64]: ...
+    @property
+    def std(self) -> npt.NDArray[np.float64]: ...
+    @property
+    def iteration(self) -> int: ...
+    @property
+    def dim(self) -> int: ...
+    @property
+    def population(self) -> int: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    @staticmethod
+    def from_state(state: dict[str, Any]) -> CEM: ...

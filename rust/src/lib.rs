@@ -1,5 +1,6 @@
 //! Rust core of ssm-offset: the adapter store ([`store`]), CEM search ([`cem`]) and the
 //! tokenization pipeline ([`tokenize`]). A library first; `python` only binds it.
+pub mod cem;
 pub mod error;
 pub mod store;
 
