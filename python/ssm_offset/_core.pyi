@@ -1,7 +1,7 @@
 """Typed stubs of the Rust core (`rust/src/python/`)."""
 
 from os import PathLike
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -95,3 +95,55 @@ class CEM:
     def state_dict(self) -> dict[str, Any]: ...
     @staticmethod
     def from_state(state: dict[str, Any]) -> CEM: ...
+
+# --- tokenization (rust/src/tokenize) ---------------------------------------------------------
+
+class Template:
+    """`{"prompt": str, "target": str, "eos": bool}` as JSON; `{field}` placeholders, `{{`/`}}` literal."""
+
+    def __init__(self, spec_json: str) -> None: ...
+    def fields(self) -> list[str]: ...
+    def render(self, record: dict[str, Any]) -> tuple[str, str]: ...
+    def to_json(self) -> str: ...
+
+class Tokenizer:
+    def __init__(self, path: str | PathLike[str], eos_token: str | None = None, pad_token: str | None = None) -> None: ...
+    @property
+    def eos_id(self) -> int | None: ...
+    @property
+    def pad_id(self) -> int: ...
+    @property
+    def vocab_size(self) -> int: ...
+    @property
+    def path(self) -> str: ...
+    def encode(self, text: str) -> list[int]: ...
+    def encode_texts(
+        self, texts_: Iterable[str], eos: bool = False
+    ) -> tuple[npt.NDArray[np.int32], npt.NDArray[np.int64]]: ...
+    def encode_pairs(
+        self,
+        records: Iterable[dict[str, Any]],
+        template: Template,
+        max_length: int | None = None,
+        truncation: str = "truncate",
+        padded: bool = False,
+        pad_to: int | None = None,
+    ) -> tuple[dict[str, npt.NDArray[Any]], dict[str, Any]]: ...
+    def encode_jsonl(
+        self,
+        path: str | PathLike[str],
+        template: Template,
+        max_length: int | None = None,
+        truncation: str = "truncate",
+        padded: bool = False,
+        pad_to: int | None = None,
+        cache_dir: str | PathLike[str] | None = None,
+    ) -> tuple[dict[str, npt.NDArray[Any]], dict[str, Any]]: ...
+    def pack(
+        self, texts_: Iterable[str], block_size: int, eos: bool = True, pad_last: bool = False
+    ) -> tuple[npt.NDArray[np.int32], dict[str, Any]]: ...
+
+class JsonlReader(Iterator[Any]):
+    def __init__(self, path: str | PathLike[str]) -> None: ...
+    def __iter__(self) -> JsonlReader: ...
+    def __next__(self) -> Any: ...

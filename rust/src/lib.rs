@@ -2,7 +2,9 @@
 //! tokenization pipeline ([`tokenize`]). A library first; `python` only binds it.
 pub mod cem;
 pub mod error;
+pub mod fuzzing;
 pub mod store;
+pub mod tokenize;
 
 #[cfg(feature = "python")]
 mod python;
