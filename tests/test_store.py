@@ -154,8 +154,10 @@ WRITER = textwrap.dedent(
     start = int(sys.argv[2])
     for i in range(start, start + 1000):
         g = torch.Generator().manual_seed(i)
-        store.put(f"a{i}", {"w": torch.randn(1 << 20, generator=g), "i": torch.tensor([i])})
-        print(i, flush=True)
+        w = torch.randn(1 << 20, generator=g)
+        print("begin", i, flush=True)
+        store.put(f"a{i}", {"w": w, "i": torch.tensor([i])})
+        print("end", i, flush=True)
     """
 )
 
@@ -164,19 +166,28 @@ def test_sigkill_mid_put_leaves_store_readable(tmp_path):
     root = tmp_path / "store"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     committed: list[int] = []
+    killed_mid_put = 0
     rng = np.random.default_rng(0)
     for round_ in range(4):
         proc = subprocess.Popen(
             [sys.executable, "-c", WRITER, str(root), str(round_ * 1000)], stdout=subprocess.PIPE, env=env, text=True
         )
         # Let a few puts complete, then kill at a random moment (usually in the middle of a put).
-        for _ in range(2):
-            committed.append(int(proc.stdout.readline()))
+        while len([x for x in committed if x >= round_ * 1000]) < 2:
+            kind, i = proc.stdout.readline().split()
+            if kind == "end":
+                committed.append(int(i))
         time.sleep(rng.uniform(0.0, 0.05))
         proc.send_signal(signal.SIGKILL)
-        rest = proc.stdout.read().split()
-        committed.extend(int(x) for x in rest)
+        last = None
+        for line in proc.stdout.read().splitlines():
+            kind, i = line.split()
+            last = kind
+            if kind == "end":
+                committed.append(int(i))
+        killed_mid_put += last == "begin"
         proc.wait()
+    assert killed_mid_put >= 1, "no writer was killed inside put(); the test proves nothing"
     store = AdapterStore(root)
     names = set(store.names())
     for i in committed:
@@ -190,3 +201,21 @@ def test_sigkill_mid_put_leaves_store_readable(tmp_path):
     assert all(p["name"] is None for p in problems), problems  # at most debris, nothing broken
     store.compact()
     assert store.verify() == []
+
+
+def test_a_panic_in_the_core_is_an_ordinary_exception():
+    with pytest.raises(RuntimeError, match="internal error in ssm_offset._core.*boom"):
+        _core._panic_for_test("boom")
+
+
+def test_read_only_store_can_be_read(tmp_path):
+    store = AdapterStore(tmp_path / "s")
+    store.put("a", {"w": torch.ones(3)})
+    os.remove(tmp_path / "s" / ".lock")
+    os.chmod(tmp_path / "s", 0o555)
+    try:
+        if os.access(tmp_path / "s", os.W_OK):
+            pytest.skip("running as a user who can write anyway (root)")
+        assert torch.equal(AdapterStore(tmp_path / "s", create=False).get("a")[0]["w"], torch.ones(3))
+    finally:
+        os.chmod(tmp_path / "s", 0o755)

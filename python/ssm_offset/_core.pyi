@@ -15,6 +15,9 @@ class CorruptFileError(ValueError):
 class DataError(ValueError):
     """A line or record of a data file is invalid; the message names the file and line."""
 
+def _panic_for_test(msg: str) -> None:
+    """Panics inside the binding guard (raises RuntimeError); for the tests."""
+
 # --- store (rust/src/store) -------------------------------------------------------------------
 
 # (name, safetensors dtype name, shape, contiguous 1-D uint8 view of the little-endian bytes)

@@ -150,8 +150,20 @@ class AdapterStore:
 
             dtypes = _torch_dtypes()
             base = torch.from_numpy(buf)
+            typed: dict[str, Any] = {}
             for tname, dtype, shape, start, end in locs:
-                tensors[tname] = base[start:end].view(dtypes[dtype]).view(shape)
+                td = dtypes[dtype]
+                if dtype not in typed:  # one typed view of the whole mapping per dtype
+                    size = td.itemsize
+                    typed[dtype] = base[: len(buf) // size * size].view(td)
+                size = td.itemsize
+                strides = [1] * len(shape)
+                for i in range(len(shape) - 2, -1, -1):
+                    strides[i] = strides[i + 1] * shape[i + 1]
+                if start % size:  # never for files the store writes (safetensors aligns them)
+                    tensors[tname] = base[start:end].clone().view(td).view(shape)
+                else:
+                    tensors[tname] = torch.as_strided(typed[dtype], shape, strides, start // size)
         elif as_ == "numpy":
             for tname, dtype, shape, start, end in locs:
                 if dtype not in _NP:

@@ -114,11 +114,19 @@ pub(crate) fn parse_json(what: &str, s: Option<&str>) -> PyResult<Value> {
     }
 }
 
+/// Panics inside the binding guard; lets the tests check that a panic reaches Python as an
+/// ordinary exception.
+#[pyfunction]
+fn _panic_for_test(msg: &str) -> PyResult<()> {
+    guard(|| panic!("{msg}"))
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", crate::version())?;
     m.add("CorruptFileError", m.py().get_type::<CorruptFileError>())?;
     m.add("DataError", m.py().get_type::<DataError>())?;
+    m.add_function(wrap_pyfunction!(_panic_for_test, m)?)?;
     store::register(m)?;
     cem::register(m)?;
     tokenize::register(m)?;

@@ -21,7 +21,7 @@ pub struct Entry {
     /// File name inside `adapters/` (content-addressed: `<hash>.safetensors`).
     pub file: String,
     pub size: u64,
-    /// `blake3:<hex>` of the whole file.
+    /// `xxh3:<hex>` (XXH3-128) of the whole file.
     pub content_hash: String,
 }
 
@@ -53,8 +53,8 @@ pub fn valid_file_name(f: &str) -> bool {
 }
 
 pub fn valid_hash(h: &str) -> bool {
-    h.strip_prefix("blake3:")
-        .is_some_and(|x| x.len() == 64 && x.bytes().all(|b| b.is_ascii_hexdigit()))
+    h.strip_prefix("xxh3:")
+        .is_some_and(|x| x.len() == 32 && x.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 impl Index {
