@@ -24,6 +24,7 @@ import torch
 
 SHAPE = (8, 2048, 64, 64, 128)  # batch, L, heads, headdim, d_state
 CHUNK = 256
+MAX_CONFIGS = 0  # --max-configs: autotuning configs kept per mamba_ssm kernel (0 = all), for compile time
 
 
 def bench(fn, warmup=50, rep=300):
@@ -59,6 +60,8 @@ def arms():
     m = ssd_kernel._mamba_ssd()
     if m is None:
         sys.exit(f"bench_ssd: {ssd_kernel._error}")
+    if MAX_CONFIGS:
+        ssd_kernel.limit_autotuning(MAX_CONFIGS)
 
     def mamba(init=False, offset=False):
         def fn(t):
@@ -91,7 +94,10 @@ def arms():
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None)
+    ap.add_argument("--max-configs", type=int, default=0)
     args = ap.parse_args(argv)
+    global MAX_CONFIGS
+    MAX_CONFIGS = args.max_configs
     rows = []
     fns = arms()
     for name, fn in fns.items():
@@ -125,6 +131,7 @@ def main(argv=None):
     meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, cuda=torch.version.cuda,
                 python=platform.python_version(), date=time.strftime("%Y-%m-%d %H:%M:%S"),
                 shape="B8 L2048 H64 P64 N128 G1 chunk 256 bf16, D + dt_bias + softplus, no z",
+                autotune_configs_per_kernel=MAX_CONFIGS or "all",
                 command="python3 benches/bench_ssd.py " + " ".join(argv if argv is not None else sys.argv[1:]))
     lines = [f"# Mamba-2 SSD, {meta['shape']}, {meta['device']}", "",
              f"`{meta['command']}` — torch {meta['torch']} (CUDA {meta['cuda']}), {meta['date']}.", "",

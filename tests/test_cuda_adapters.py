@@ -50,6 +50,7 @@ def _fast_path():
     kernels.build()
     if not ssd_kernel.available():
         pytest.skip(ssd_kernel._error)
+    ssd_kernel.limit_autotuning(1)  # compile time, see test_cuda_ssd.py
 
 
 @pytest.mark.parametrize("arch,name", CASES, ids=[f"{a}-{m}" for a, m in CASES])

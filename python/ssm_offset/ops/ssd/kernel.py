@@ -290,3 +290,32 @@ def ssd_bwd_cuda(dy, dfinal_state, x, dt, A, B, C, D, z, dt_bias, initial_state,
         else:
             out.append(g.reshape(t.shape).to(t.dtype))
     return out
+
+
+def limit_autotuning(max_configs: int = 1) -> int:
+    """Keep at most `max_configs` of each mamba_ssm SSD kernel's autotuning configs (its first ones, plus the
+    smallest, which always fits). Autotuning compiles every config at every new specialization (dtype,
+    flags, lengths divisible by 16 or not), minutes per shape on a busy machine: tests use 1, a benchmark a
+    few. Returns the number of kernels limited (0 when mamba_ssm is unavailable)."""
+    if _mamba_ssd() is None:
+        return 0
+    from triton.runtime.autotuner import Autotuner
+
+    def cost(cfg):
+        size = 1
+        for k, v in cfg.kwargs.items():
+            if k.startswith("BLOCK_SIZE_"):
+                size *= v
+        return size * (cfg.num_stages or 1)
+
+    count = 0
+    for name, mod in list(sys.modules.items()):
+        if not name.startswith("mamba_ssm.ops.triton.ssd_") or mod is None:
+            continue
+        for obj in vars(mod).values():
+            if isinstance(obj, Autotuner) and len(obj.configs) > max_configs:
+                smallest = min(obj.configs, key=cost)
+                keep = [c for c in obj.configs[: max_configs - 1] if c is not smallest] + [smallest]
+                obj.configs = keep
+                count += 1
+    return count
