@@ -27,7 +27,7 @@ for line in open(p):
         out.append(line[: len(line) - len(line.lstrip())] + 'cc_flag += ["-gencode", "arch=compute_90,code=sm_90"]\n')
 open(p, "w").write("".join(out))
 PY
-    (cd "$dir" && env "$2"=TRUE MAX_JOBS=8 python3 -m pip wheel -q --no-build-isolation --no-deps --no-index -w /tmp/wheels . )
+    (cd "$dir" && env "$2"=TRUE MAX_JOBS=${BUILD_JOBS:-8} python3 -m pip wheel -q --no-build-isolation --no-deps --no-index -w /tmp/wheels . )
 }
 start=$(date +%s)
 build "$SDIST"/causal_conv1d-*.tar.gz CAUSAL_CONV1D_FORCE_BUILD > /tmp/build-conv.log 2>&1 &

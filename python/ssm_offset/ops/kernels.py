@@ -101,6 +101,14 @@ def _extension():
 def status() -> str:
     if not enabled():
         return "PyTorch reference on every device (kernels disabled by SSM_OFFSET_KERNELS=0)"
+    from .ssd import kernel as ssd_kernel
+
+    return f"{_selective_scan_status()}; {ssd_kernel.status()}"
+
+
+def _selective_scan_status() -> str:
+    if not enabled():
+        return "PyTorch reference on every device (kernels disabled by SSM_OFFSET_KERNELS=0)"
     if _ext is not None:
         return "CUDA kernels (ssm_offset::selective_scan_*) for CUDA tensors; PyTorch reference for CPU tensors"
     if _error is not None:
@@ -188,14 +196,19 @@ def _step_cuda(state, u, delta, A, B, C, D, z, delta_bias, delta_softplus, state
 
 
 def register() -> bool:
-    """Attach the CUDA implementations to the Mamba-1 ops (once); building waits for the first CUDA call."""
+    """Attach the CUDA implementations to the Mamba-1 and Mamba-2 ops (once); building waits for the first
+    CUDA call. Mamba-2 (SSD) runs mamba_ssm's Triton SSD with our offset kernel (ssd/kernel.py); its decode
+    step stays on the reference (a few elementwise ops per token)."""
     global _registered
     if _registered or not enabled():
         return _registered
     from .selective_scan import op  # noqa: F401 — the ops must exist before kernels attach to them
+    from .ssd import kernel as ssd_kernel, op as ssd_op  # noqa: F401
 
     torch.library.register_kernel("ssm_offset::selective_scan_fwd", "cuda", _fwd_cuda)
     torch.library.register_kernel("ssm_offset::selective_scan_bwd", "cuda", _bwd_cuda)
     torch.library.register_kernel("ssm_offset::selective_scan_step", "cuda", _step_cuda)
+    torch.library.register_kernel("ssm_offset::ssd_fwd", "cuda", ssd_kernel.ssd_fwd_cuda)
+    torch.library.register_kernel("ssm_offset::ssd_bwd", "cuda", ssd_kernel.ssd_bwd_cuda)
     _registered = True
     return True

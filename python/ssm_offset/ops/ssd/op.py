@@ -24,6 +24,19 @@ def _reference(x, dt, A, B, C, D, z, dt_bias, initial_state, state_offset, y_off
     )
 
 
+def ssd_bwd_reference(
+    dy, dfinal_state, x, dt, A, B, C, D, z, dt_bias, initial_state, state_offset, y_offset, dt_softplus, dt_min, dt_max,
+    chunk_size, seq_idx=None,
+):
+    """The backward as the vector-Jacobian product of the chunked reference: the op's default implementation,
+    and the fallback of the CUDA registration where its kernels cannot serve (see ssd/kernel.py)."""
+    tensors = dict(zip(_GRAD_NAMES, (x, dt, A, B, C, D, z, dt_bias, initial_state, state_offset, y_offset)))
+    return recompute_grads(
+        _reference, (dy, dfinal_state), tensors,
+        dt_softplus=dt_softplus, dt_min=dt_min, dt_max=dt_max, chunk_size=chunk_size, seq_idx=seq_idx,
+    )
+
+
 @torch.library.custom_op("ssm_offset::ssd_fwd", mutates_args=())
 def ssd_fwd(
     x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor],
@@ -49,11 +62,8 @@ def ssd_bwd(
     state_offset: Optional[Tensor], y_offset: Optional[Tensor], dt_softplus: bool, dt_min: float, dt_max: float,
     chunk_size: int, seq_idx: Optional[Tensor] = None,
 ) -> List[Tensor]:
-    tensors = dict(zip(_GRAD_NAMES, (x, dt, A, B, C, D, z, dt_bias, initial_state, state_offset, y_offset)))
-    return recompute_grads(
-        _reference, (dy, dfinal_state), tensors,
-        dt_softplus=dt_softplus, dt_min=dt_min, dt_max=dt_max, chunk_size=chunk_size, seq_idx=seq_idx,
-    )
+    return ssd_bwd_reference(dy, dfinal_state, x, dt, A, B, C, D, z, dt_bias, initial_state, state_offset, y_offset,
+                             dt_softplus, dt_min, dt_max, chunk_size, seq_idx)
 
 
 @ssd_bwd.register_fake

@@ -1,0 +1,191 @@
+"""Training throughput and peak memory on a Mamba-130M-shaped model (24 layers, d_model 768, vocab 50,280,
+random weights), batch 8 × 1024 random tokens, bf16 autocast, AdamW step included.
+
+Arms:
+  ours state-offset-h            ssm_offset MambaForCausalLM + State-offset Tuning (h), our CUDA scan
+  reference on mamba_ssm         the same model, its scan replaced by mamba_ssm's selective_scan_fn +
+                                 einsum("bdl,bnl,dn->bdl", silu(z), C, h') (the paper's reference approach)
+  transformers full FT           transformers MambaForCausalLM, fast path (mamba_ssm + causal-conv1d kernels)
+  transformers + peft LoRA       the same + peft LoRA r=8, alpha 8, dropout 0.1 on x_proj, in_proj, dt_proj
+The script first checks that transformers' fast path is active (a profiled training step must run
+mamba_ssm's selective-scan and causal-conv1d kernels) and stops otherwise. tokens/s over 10 timed steps
+after 3 warm-up steps; peak = torch.cuda.max_memory_allocated over the arm. A torch-profiler table of one
+step of our arm shows where its time goes.
+
+    python benches/bench_model.py [--out benches/results/model-h100] [--steps 10]
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+BATCH, LENGTH, VOCAB = 8, 1024, 50280
+SHAPE = dict(vocab_size=VOCAB, hidden_size=768, state_size=16, num_hidden_layers=24, expand=2, conv_kernel=4)
+
+
+def _ours(reference_scan: bool):
+    from ssm_offset.models import MambaConfig, MambaForCausalLM
+    from ssm_offset.models import mamba as mamba_module
+    from ssm_offset.peft import config_for, get_peft_model
+
+    if reference_scan:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+
+        def scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, initial_state=None,
+                 state_offset=None, y_offset=None, return_final_state=False):
+            y, last = selective_scan_fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state=True)
+            if state_offset is not None:
+                y = y + torch.einsum("bdl,bnl,dn->bdl", F.silu(z), C, state_offset.to(y.dtype))
+            return (y, last) if return_final_state else y
+
+        mamba_module.selective_scan = scan
+    else:
+        from ssm_offset.ops import selective_scan
+
+        mamba_module.selective_scan = selective_scan
+    torch.manual_seed(0)
+    model = get_peft_model(MambaForCausalLM(MambaConfig(**SHAPE)), config_for("state-offset-h"))
+    with torch.no_grad():  # a trained-looking, non-zero offset
+        for p in model.parameters():
+            if p.requires_grad:
+                p.normal_(0.0, 0.02)
+    return model.cuda()
+
+
+def _transformers(lora: bool):
+    from transformers import MambaConfig, MambaForCausalLM
+
+    torch.manual_seed(0)
+    model = MambaForCausalLM(MambaConfig(**SHAPE))
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=8, lora_alpha=8, lora_dropout=0.1,
+                                                 target_modules=["x_proj", "in_proj", "dt_proj"]))
+    return model.cuda()
+
+
+ARMS = {
+    "ours state-offset-h": lambda: _ours(False),
+    "reference on mamba_ssm (scan + einsum offset)": lambda: _ours(True),
+    "transformers full FT": lambda: _transformers(False),
+    "transformers + peft LoRA (x_proj, in_proj, dt_proj)": lambda: _transformers(True),
+}
+
+
+def _step(model, opt, ids):
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = model(input_ids=ids, labels=ids)
+    out.loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def _kernel_names(model, opt, ids):
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        _step(model, opt, ids)
+        torch.cuda.synchronize()
+    return prof, [e.key for e in prof.key_averages()]
+
+
+def check_fast_path():
+    """Stop unless transformers' Mamba training step runs mamba_ssm's and causal-conv1d's kernels."""
+    model = _transformers(False)
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    ids = torch.randint(0, VOCAB, (2, 256), device="cuda")
+    _step(model, opt, ids)
+    _, names = _kernel_names(model, opt, ids)
+    scan = [n for n in names if "selective_scan" in n]
+    conv = [n for n in names if "causal_conv1d" in n]
+    del model, opt
+    gc.collect()
+    torch.cuda.empty_cache()
+    if not scan or not conv:
+        sys.exit(f"bench_model: transformers' fast path is not active (selective-scan kernels: {scan[:2]}, "
+                 f"causal-conv1d kernels: {conv[:2]}); build mamba_ssm and causal-conv1d "
+                 "(benches/gpu/build_baselines.sh) and run again")
+    return scan[:2] + conv[:2]
+
+
+def run_arm(name, steps, profile_table=False):
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    model = ARMS[name]()
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    ids = [torch.randint(0, VOCAB, (BATCH, LENGTH), device="cuda", generator=gen) for _ in range(2)]
+    for i in range(3):
+        _step(model, opt, ids[i % 2])
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for i in range(steps):
+        _step(model, opt, ids[i % 2])
+    torch.cuda.synchronize()
+    elapsed = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated() / 1e9
+    table = None
+    if profile_table:
+        prof, _ = _kernel_names(model, opt, ids[0])
+        table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70)
+    row = dict(arm=name, tokens_per_s=BATCH * LENGTH * steps / elapsed, step_ms=1e3 * elapsed / steps,
+               peak_gb=peak, trainable=sum(p.numel() for p in params))
+    del model, opt, params, ids
+    gc.collect()
+    torch.cuda.empty_cache()
+    return row, table
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--steps", type=int, default=10)
+    args = ap.parse_args(argv)
+    fast = check_fast_path()
+    print("transformers fast path active:", fast, flush=True)
+    rows, table = [], None
+    for name in ARMS:
+        row, t = run_arm(name, args.steps, profile_table=name.startswith("ours"))
+        table = table or t
+        rows.append(row)
+        print(f"{name:55s} {row['tokens_per_s']:10,.0f} tok/s  {row['step_ms']:7.1f} ms/step  "
+              f"peak {row['peak_gb']:5.2f} GB  trainable {row['trainable']:,}", flush=True)
+    lora = next(r for r in rows if "LoRA" in r["arm"])
+    for r in rows:
+        r["vs_peft_lora"] = r["tokens_per_s"] / lora["tokens_per_s"]
+    import transformers
+
+    meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, cuda=torch.version.cuda,
+                transformers=transformers.__version__, python=platform.python_version(),
+                date=time.strftime("%Y-%m-%d %H:%M:%S"), fast_path_kernels=fast,
+                setup=f"Mamba-130M shape {SHAPE}, batch {BATCH}x{LENGTH}, bf16 autocast, AdamW lr 1e-4, "
+                      f"{args.steps} timed steps after 3 warm-up",
+                command="python3 benches/bench_model.py " + " ".join(argv if argv is not None else sys.argv[1:]))
+    lines = [f"# Training throughput, Mamba-130M shape, {meta['device']}", "",
+             f"`{meta['command']}` — torch {meta['torch']} (CUDA {meta['cuda']}), transformers "
+             f"{meta['transformers']}, {meta['date']}. {meta['setup']}.", "",
+             "| arm | tokens/s | × peft LoRA | ms/step | peak GB | trainable params |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['arm']} | {r['tokens_per_s']:,.0f} | {r['vs_peft_lora']:.2f} | {r['step_ms']:.1f} | "
+                     f"{r['peak_gb']:.2f} | {r['trainable']:,} |")
+    lines += ["", "Where our arm's step goes (torch profiler, one step, sorted by CUDA time):", "", "```", table or "", "```"]
+    print("\n".join(lines))
+    if args.out:
+        Path(args.out + ".json").write_text(json.dumps(dict(meta=meta, rows=rows, profile=table), indent=1))
+        Path(args.out + ".md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

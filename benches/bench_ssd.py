@@ -1,0 +1,150 @@
+"""Mamba-2 SSD on the GPU: ssm-offset's CUDA path (mamba_ssm's Triton SSD + our offset/readout kernel)
+against mamba_ssm's `mamba_chunk_scan_combined`, forward and forward+backward.
+
+Shape B8 L2048 H64 P64 N128, one group, chunk 256, bf16 x/B/C/dt, fp32 A/D/dt_bias/adapters, D + dt_bias +
+softplus on every arm, no z (Mamba-2 gates in its RMSNorm). Arms:
+  mamba_ssm plain              mamba_chunk_scan_combined, no initial state
+  mamba_ssm initial state      the same with initial_states
+  reference offset             mamba_ssm plain + einsum("blgn,hpn->blhp", C, h') after it
+  ours plain / state offset / initial state / offset + initial state      ssm_offset ssd_scan
+Offsets and initial states are non-zero and require grad in forward+backward. Median of do_bench.
+
+    python benches/bench_ssd.py [--out benches/results/ssd-h100]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+SHAPE = (8, 2048, 64, 64, 128)  # batch, L, heads, headdim, d_state
+CHUNK = 256
+MAX_CONFIGS = 0  # --max-configs: autotuning configs kept per mamba_ssm kernel (0 = all), for compile time
+
+
+def bench(fn, warmup=50, rep=300):
+    from triton.testing import do_bench
+
+    return do_bench(fn, warmup=warmup, rep=rep, return_mode="median")
+
+
+def make_inputs(grad):
+    b, l, h, p, n = SHAPE
+    kw = dict(device="cuda")
+    bf = torch.bfloat16
+    t = dict(
+        x=torch.randn(b, l, h, p, dtype=bf, **kw),
+        dt=(torch.rand(b, l, h, **kw) - 3.0).to(bf),
+        A=-torch.rand(h, **kw) - 0.5,
+        B=(torch.randn(b, l, 1, n, **kw) * n ** -0.5).to(bf),
+        C=(torch.randn(b, l, 1, n, **kw) * n ** -0.5).to(bf),
+        D=torch.randn(h, **kw),
+        dt_bias=torch.rand(h, **kw) - 1.0,
+        h=0.1 * torch.randn(h, p, n, **kw),
+        h0=0.1 * torch.randn(b, h, p, n, **kw),
+    )
+    if grad:
+        for v in t.values():
+            v.requires_grad_(True)
+    return t
+
+
+def arms():
+    from ssm_offset.ops.ssd import kernel as ssd_kernel, ssd_scan
+
+    m = ssd_kernel._mamba_ssd()
+    if m is None:
+        sys.exit(f"bench_ssd: {ssd_kernel._error}")
+    if MAX_CONFIGS:
+        ssd_kernel.limit_autotuning(MAX_CONFIGS)
+
+    def mamba(init=False, offset=False):
+        def fn(t):
+            y = m.mamba_chunk_scan_combined(t["x"], t["dt"], t["A"], t["B"], t["C"], CHUNK, D=t["D"],
+                                            dt_bias=t["dt_bias"], dt_softplus=True,
+                                            initial_states=t["h0"] if init else None)
+            if offset:
+                y = y + torch.einsum("blgn,hpn->blhp", t["C"], t["h"].to(y.dtype))
+            return y
+        return fn
+
+    def ours(**adapter):
+        def fn(t):
+            kw = {k: t[v] for k, v in adapter.items()}
+            return ssd_scan(t["x"], t["dt"], t["A"], t["B"], t["C"], D=t["D"], dt_bias=t["dt_bias"],
+                            dt_softplus=True, chunk_size=CHUNK, **kw)
+        return fn
+
+    return {
+        "mamba_ssm plain": mamba(),
+        "mamba_ssm initial state": mamba(init=True),
+        "reference offset (mamba_ssm + einsum)": mamba(offset=True),
+        "ours plain": ours(),
+        "ours state offset": ours(state_offset="h"),
+        "ours initial state": ours(initial_state="h0"),
+        "ours offset + initial state": ours(state_offset="h", initial_state="h0"),
+    }
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--max-configs", type=int, default=0)
+    args = ap.parse_args(argv)
+    global MAX_CONFIGS
+    MAX_CONFIGS = args.max_configs
+    rows = []
+    fns = arms()
+    for name, fn in fns.items():
+        t = make_inputs(False)
+        with torch.no_grad():
+            fwd = bench(lambda: fn(t))
+        del t
+        t = make_inputs(True)
+        dy = torch.randn(SHAPE[:4], dtype=torch.bfloat16, device="cuda")
+
+        def fb():
+            for v in t.values():
+                v.grad = None
+            fn(t).backward(dy)
+
+        fb()
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fb()
+        torch.cuda.synchronize()
+        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+        fwdbwd = bench(fb, warmup=20, rep=200)
+        rows.append(dict(arm=name, fwd_ms=fwd, fwdbwd_ms=fwdbwd, peak_extra_mb=peak))
+        print(f"{name:40s} fwd {fwd:7.3f} ms   fwd+bwd {fwdbwd:7.3f} ms   peak extra {peak:7.0f} MB", flush=True)
+        del t, dy
+    plain = {r["arm"]: r for r in rows}["mamba_ssm plain"]
+    for r in rows:
+        r["fwd_vs_mamba_plain"] = r["fwd_ms"] / plain["fwd_ms"]
+        r["fwdbwd_vs_mamba_plain"] = r["fwdbwd_ms"] / plain["fwdbwd_ms"]
+    meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, cuda=torch.version.cuda,
+                python=platform.python_version(), date=time.strftime("%Y-%m-%d %H:%M:%S"),
+                shape="B8 L2048 H64 P64 N128 G1 chunk 256 bf16, D + dt_bias + softplus, no z",
+                autotune_configs_per_kernel=MAX_CONFIGS or "all",
+                command="python3 benches/bench_ssd.py " + " ".join(argv if argv is not None else sys.argv[1:]))
+    lines = [f"# Mamba-2 SSD, {meta['shape']}, {meta['device']}", "",
+             f"`{meta['command']}` — torch {meta['torch']} (CUDA {meta['cuda']}), {meta['date']}.", "",
+             "| arm | fwd ms | × mamba_ssm plain | fwd+bwd ms | × mamba_ssm plain | peak extra MB (fwd+bwd) |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['arm']} | {r['fwd_ms']:.3f} | {r['fwd_vs_mamba_plain']:.2f} | {r['fwdbwd_ms']:.3f} | "
+                     f"{r['fwdbwd_vs_mamba_plain']:.2f} | {r['peak_extra_mb']:.0f} |")
+    print("\n".join(lines))
+    if args.out:
+        Path(args.out + ".json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
+        Path(args.out + ".md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""The CUDA Mamba-2 (SSD) path (mamba_ssm's Triton SSD + our offset/readout kernel, ops/ssd/kernel.py)
+against the float64 chunked reference: outputs, final state and the autograd gradients of every input.
+
+Pairwise grid as in test_cuda_selective_scan.py (every pair of parameter values appears together in some
+case), plus every flag at lengths 2049 and 8192 in bf16. Fresh random inputs per run (seed in the failure
+message), free allocator memory poisoned with NaN before each call. Tolerances are mamba_ssm's: fp32
+rtol 6e-4 / atol 2e-3, bf16 3e-2 / 5e-2. Triton runs fp32 dots in tf32 unless told otherwise; the fp32
+cases here ask for IEEE fp32 (TRITON_F32_DEFAULT=ieee, set before any kernel compiles) so that they test
+the algorithm at fp32 tolerance. (P, N, chunk) take three values only: each new one costs mamba_ssm's
+autotuning on the first call, which the tests cut to one config per kernel (`limit_autotuning`): each
+autotuned kernel otherwise compiles all its configs at every new specialization, minutes per case.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+os.environ.setdefault("TRITON_F32_DEFAULT", "ieee")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from ssm_offset.ops.ssd import ssd_scan  # noqa: E402
+from ssm_offset.ops.ssd import kernel as ssd_kernel  # noqa: E402
+from ssm_offset.ops.ssd.chunk import ssd_chunked  # noqa: E402
+
+from test_cuda_selective_scan import TOL, _pairwise, _poison  # noqa: E402
+
+pytestmark = pytest.mark.cuda
+
+PARAMS = {
+    "length": [1, 7, 1000, 2049],
+    "shape": [(16, 16), (64, 128)],  # (headdim P, d_state N)
+    "groups": [1, 2],
+    "dtype": [torch.float32, torch.bfloat16],
+    "z": [False, True],
+    "D": [None, "h", "hp"],
+    "dt_bias": [False, True],
+    "softplus": [False, True],
+    "dt_limit": [False, True],
+    "initial_state": [None, "shared", "row"],
+    "state_offset": [None, "shared", "row"],
+    "y_offset": [None, "shared", "row"],
+}
+ALL_ON = dict(z=True, D="h", dt_bias=True, softplus=True, dt_limit=True, initial_state="row",
+              state_offset="shared", y_offset="row")
+CASES = _pairwise(PARAMS) + [
+    dict(length=L, shape=(64, 128), groups=2, dtype=torch.bfloat16, **flags)
+    for L, flags in ((2049, ALL_ON), (8192, {**ALL_ON, "z": False, "initial_state": "shared", "state_offset": "row",
+                                              "y_offset": "shared"}))
+]
+HEADS, BATCH = 4, 2
+MAX_ERR = {}
+
+
+def _id(case):
+    return "-".join(f"{k}={v}".replace("torch.", "").replace(" ", "") for k, v in case.items() if v not in (False, None))
+
+
+def _inputs(case, seed):
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    L, (P, N), G, dt = case["length"], case["shape"], case["groups"], case["dtype"]
+
+    def rnd(*shape, scale=1.0, shift=0.0, uniform=False, dtype=torch.float32):
+        f = torch.rand if uniform else torch.randn
+        return (f(*shape, generator=gen, device="cuda") * scale + shift).to(dtype)
+
+    def adapter(kind, *shape):
+        return None if kind is None else rnd(*(((BATCH,) if kind == "row" else ()) + shape), scale=0.5)
+
+    return dict(
+        x=rnd(BATCH, L, HEADS, P, dtype=dt),
+        dt=rnd(BATCH, L, HEADS, scale=0.5, uniform=True, dtype=dt) if not case["softplus"]
+        else rnd(BATCH, L, HEADS, scale=2.0, shift=-3.0, uniform=True, dtype=dt),
+        A=-(rnd(HEADS, uniform=True) + 0.2),
+        B=rnd(BATCH, L, G, N, scale=N ** -0.5 * 2, dtype=dt),
+        C=rnd(BATCH, L, G, N, scale=N ** -0.5 * 2, dtype=dt),
+        D={None: None, "h": rnd(HEADS), "hp": rnd(HEADS, P)}[case["D"]],
+        z=rnd(BATCH, L, HEADS, P, dtype=dt) if case["z"] else None,
+        dt_bias=rnd(HEADS, scale=0.5, uniform=True) if case["dt_bias"] else None,
+        initial_state=adapter(case["initial_state"], HEADS, P, N),
+        state_offset=adapter(case["state_offset"], HEADS, P, N),
+        y_offset=adapter(case["y_offset"], HEADS, P),
+    )
+
+
+def _close(name, got, want, dtype, seed, failures):
+    rtol, atol = TOL[dtype]
+    assert got.shape == want.shape, f"{name}: shape {tuple(got.shape)} != {tuple(want.shape)}"
+    got64, want64 = got.double(), want.double()
+    err = (got64 - want64).abs()
+    ratio = (err / (atol + rtol * want64.abs())).max().item() if err.numel() else 0.0
+    key = (name, str(dtype).replace("torch.", ""))
+    prev = MAX_ERR.get(key, (0.0, 0.0))
+    MAX_ERR[key] = (max(prev[0], err.max().item() if err.numel() else 0.0), max(prev[1], ratio))
+    if not torch.isfinite(got).all():
+        failures.append(f"{name}: non-finite values (unwritten output?) seed={seed}")
+    elif ratio > 1:
+        failures.append(f"{name}: max abs err {err.max().item():.3g} = {ratio:.2f}x tolerance "
+                        f"(max |ref| {want64.abs().max().item():.3g}), seed={seed}")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _ssd_kernels():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU (torch.cuda.is_available() is false)")
+    if not ssd_kernel.available():
+        pytest.skip(ssd_kernel._error)
+    ssd_kernel.limit_autotuning(1)
+    yield
+    path = os.environ.get("SSM_OFFSET_SSD_ERROR_LOG")
+    if path:
+        rows = {f"{k[0]} [{k[1]}]": {"max_abs_err": v[0], "max_err_over_tol": v[1]} for k, v in sorted(MAX_ERR.items())}
+        with open(path, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[_id(c) for c in CASES])
+def test_forward_backward_matches_float64_reference(case):
+    seed = torch.seed() % (2**31)
+    dt = case["dtype"]
+    t = _inputs(case, seed)
+    names = [k for k, v in t.items() if v is not None]
+    leaves = {k: v.clone().requires_grad_(True) for k, v in t.items() if v is not None}
+    ref = {k: v.detach().double().requires_grad_(True) for k, v in t.items() if v is not None}
+    kw = dict(dt_softplus=case["softplus"], dt_limit=(0.01, 2.0) if case["dt_limit"] else (0.0, float("inf")))
+
+    _poison()
+    y, final = ssd_scan(**leaves, **kw, chunk_size=64, return_final_state=True)
+    torch.cuda.synchronize()
+    r = {k: ref.get(k) for k in t}
+    y_ref, final_ref = ssd_chunked(r["x"], r["dt"], r["A"], r["B"], r["C"], r["D"], r["z"], r["dt_bias"],
+                                   kw["dt_softplus"], kw["dt_limit"], r["initial_state"], r["state_offset"],
+                                   r["y_offset"], 64)
+    failures = []
+    _close("y", y, y_ref, dt, seed, failures)
+    _close("final_state", final, final_ref, dt, seed, failures)
+    dy, dfinal = torch.randn_like(y), torch.randn_like(final)
+    _poison()
+    torch.autograd.backward((y, final), (dy, dfinal))
+    torch.autograd.backward((y_ref, final_ref), (dy.double(), dfinal.double()))
+    for k in names:
+        _close(f"d{k}", leaves[k].grad, ref[k].grad, dt, seed, failures)
+    assert not failures, "; ".join(failures)
+
+
+def test_torch_compile_fullgraph_on_cuda():
+    case = dict(length=300, shape=(16, 16), groups=1, dtype=torch.float32, z=False, D="h", dt_bias=True,
+                softplus=True, dt_limit=False, initial_state="shared", state_offset="shared", y_offset="shared")
+    t = _inputs(case, seed=1234)
+    leaves = {k: v.clone().requires_grad_(True) for k, v in t.items() if v is not None}
+
+    def f(**kw):
+        return ssd_scan(**kw, dt_softplus=True, chunk_size=64).float().square().sum()
+
+    eager = f(**leaves)
+    eager.backward()
+    g_eager = {k: v.grad.clone() for k, v in leaves.items()}
+    for v in leaves.values():
+        v.grad = None
+    out = torch.compile(f, fullgraph=True)(**leaves)
+    out.backward()
+    torch.testing.assert_close(out, eager, rtol=1e-5, atol=1e-5)
+    for k in leaves:
+        torch.testing.assert_close(leaves[k].grad, g_eager[k], rtol=1e-5, atol=1e-5)
