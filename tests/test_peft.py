@@ -327,28 +327,38 @@ def test_sdt_phases_select_sparse_dimensions():
     assert rows_changed and all(r <= i < r + 2 * n for i in rows_changed)
 
 
-def test_transformers_models_share_weights_and_match(tmp_path):
+def _hf_model(arch):
     transformers = pytest.importorskip("transformers")
-    for hf in (
-        transformers.MambaForCausalLM(transformers.MambaConfig(vocab_size=VOCAB, hidden_size=32, state_size=8, num_hidden_layers=2)),
-        transformers.Mamba2ForCausalLM(transformers.Mamba2Config(vocab_size=VOCAB, hidden_size=32, state_size=8, num_hidden_layers=2,
-                                                                 num_heads=4, head_dim=16, n_groups=1, expand=2)),
-    ):
-        hf.eval()
-        x = ids()
-        with torch.no_grad():
-            ref = hf(x).logits
-        model = get_peft_model(hf, StateOffsetConfig())
-        assert model.base_model.backbone.embeddings.weight.data_ptr() == hf.backbone.embeddings.weight.data_ptr()
-        perturb(model)
-        with torch.no_grad():
+    torch.manual_seed(0)
+    if arch == "mamba":
+        return transformers.MambaForCausalLM(transformers.MambaConfig(
+            vocab_size=VOCAB, hidden_size=32, state_size=8, num_hidden_layers=2)).eval()
+    return transformers.Mamba2ForCausalLM(transformers.Mamba2Config(
+        vocab_size=VOCAB, hidden_size=32, state_size=8, num_hidden_layers=2, num_heads=4, head_dim=16, n_groups=1,
+        expand=2)).eval()
+
+
+@pytest.mark.parametrize("arch,name", CASES)
+def test_transformers_models_share_weights_round_trip(arch, name, tmp_path):
+    """On transformers' models: weights shared (not copied), adapters disabled = the original model, and the
+    save → load round trip restores the outputs."""
+    hf = _hf_model(arch)
+    x = ids()
+    with torch.no_grad():
+        ref = hf(x).logits
+    model = get_peft_model(hf, config_for(name))
+    assert model.base_model.backbone.embeddings.weight.data_ptr() == hf.backbone.embeddings.weight.data_ptr()
+    perturb(model)
+    with torch.no_grad():
+        if name != "full":
             with model.disable_adapter():
                 torch.testing.assert_close(model(x).logits, ref, rtol=1e-5, atol=1e-5)
-            assert not torch.allclose(model(x).logits, ref)
-        model.save_pretrained(tmp_path / type(hf).__name__)
-        again = PeftModel.from_pretrained(hf, tmp_path / type(hf).__name__)
-        with torch.no_grad():
-            torch.testing.assert_close(again(x).logits, model(x).logits, rtol=1e-6, atol=1e-6)
+        want = model(x).logits
+        assert not torch.allclose(want, ref)
+    model.save_pretrained(tmp_path)
+    again = PeftModel.from_pretrained(_hf_model(arch), tmp_path)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x).logits, want, rtol=1e-6, atol=1e-6)
 
 
 def test_hugging_face_peft_lora_files_load_both_ways(tmp_path):

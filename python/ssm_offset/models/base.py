@@ -56,16 +56,31 @@ class GatedRMSNorm(nn.Module):
         return self.weight * g.view(yf.shape).to(y.dtype)
 
 
-def causal_conv(conv: nn.Conv1d, x: torch.Tensor, state: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+def causal_conv(
+    conv: nn.Conv1d, x: torch.Tensor, state: Optional[torch.Tensor], seq_idx: Optional[torch.Tensor] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """Depthwise causal conv over x (batch, C, L) continuing from `state` (batch, C, K-1) (zeros if None).
 
     One formula for every path: the parallel forward (zero state), a prefill that continues a cache, and
     the one-token step (L = 1) all call the same `conv` module, so a hook or adapter on it applies everywhere.
     The module pads K-1 on both sides (transformers' layout); output K-1+t is the window ending at x_t.
     Returns (pre-activation output (batch, C, L), the new state = the last K-1 inputs).
+
+    With `seq_idx` (packed documents) no window reaches across a document start: out_t = b + Σ_j w_j x_{t-j}
+    over the j with seq_idx[t-j] = seq_idx[t], written with the module's (possibly adapted) weight and bias.
     """
     k = conv.kernel_size[0]
     batch, channels, length = x.shape
+    if seq_idx is not None:
+        if state is not None:
+            raise ValueError("seq_idx (packed documents) is for a parallel forward from the start, not with a cache")
+        windows = F.pad(x, (k - 1, 0)).unfold(-1, k, 1)  # (batch, C, L, K)
+        same = F.pad(seq_idx, (k - 1, 0), value=-1).unfold(-1, k, 1) == seq_idx[..., None]  # (batch, L, K)
+        out = torch.einsum("bclk,ck->bcl", windows * same[:, None].to(x.dtype), conv.weight[:, 0].to(x.dtype))
+        if conv.bias is not None:
+            out = out + conv.bias.to(x.dtype)[:, None]
+        tail = F.pad(x, (k - 1, 0))[..., -(k - 1):] if k > 1 else x[..., :0]
+        return out, tail
     if state is None:
         state = x.new_zeros(batch, channels, k - 1)
     window = torch.cat([state.to(x.dtype), x], dim=-1)
@@ -90,11 +105,12 @@ class Block(nn.Module):
         self.norm = RMSNorm(config.hidden_size, eps=config.layer_norm_epsilon)
         self.mixer = mixer
 
-    def forward(self, hidden_states: torch.Tensor, cache: Optional[Cache] = None) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, cache: Optional[Cache] = None, seq_idx=None) -> torch.Tensor:
         residual = wide(hidden_states) if self.residual_in_fp32 else hidden_states
         # keyword call: a forward pre-hook registered with_kwargs=True on the mixer can add
         # initial_state / state_offset / y_offset here without the model knowing about adapters
-        out = self.mixer(self.norm(hidden_states.to(self.norm.weight.dtype)), cache=cache)
+        extra = {} if seq_idx is None else {"seq_idx": seq_idx}
+        out = self.mixer(self.norm(hidden_states.to(self.norm.weight.dtype)), cache=cache, **extra)
         return residual + out
 
 
@@ -107,10 +123,10 @@ class Backbone(nn.Module):
         )
         self.norm_f = RMSNorm(config.hidden_size, eps=config.layer_norm_epsilon)
 
-    def forward(self, inputs_embeds: torch.Tensor, cache: Optional[Cache] = None) -> torch.Tensor:
+    def forward(self, inputs_embeds: torch.Tensor, cache: Optional[Cache] = None, seq_idx=None) -> torch.Tensor:
         h = inputs_embeds
         for layer in self.layers:
-            h = layer(h, cache=cache)
+            h = layer(h, cache=cache, seq_idx=seq_idx)
         return self.norm_f(h)
 
 
@@ -207,12 +223,15 @@ class CausalLM(nn.Module):
         use_cache: bool = False,
         inputs_embeds: Optional[torch.Tensor] = None,
         attention_mask: Optional[torch.Tensor] = None,
+        seq_idx: Optional[torch.Tensor] = None,
     ) -> CausalLMOutput:
         """input_ids (batch, L) or inputs_embeds (batch, L, hidden); labels (batch, L), -100 ignored.
 
         With `cache` (or `use_cache=True`, which starts a fresh one) the call continues from the cached
         state and updates the cache: a prefill on a fresh cache, a recurrent step when L = 1.
         `attention_mask` is accepted for right-padded batches only (what `transformers.Trainer` passes).
+        `seq_idx` (batch, L), a non-decreasing document index, packs several examples in a row: conv windows and
+        SSM states restart at each document (its first label should be -100: nothing before it may predict it).
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
@@ -222,7 +241,7 @@ class CausalLM(nn.Module):
             _check_right_padded(attention_mask)
         if cache is None and use_cache:
             cache = self.new_cache()
-        hidden = self.backbone(inputs_embeds, cache=cache)
+        hidden = self.backbone(inputs_embeds, cache=cache, seq_idx=seq_idx)
         logits = wide(self.lm_head(hidden.to(self.lm_head.weight.dtype)))
         if cache is not None:
             cache.advance(inputs_embeds.shape[1])

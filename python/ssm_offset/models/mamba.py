@@ -75,11 +75,12 @@ class MambaMixer(nn.Module):
         initial_state: Optional[torch.Tensor] = None,
         state_offset: Optional[torch.Tensor] = None,
         y_offset: Optional[torch.Tensor] = None,
+        seq_idx: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         batch, length, _ = hidden_states.shape
         x, z = self.in_proj(hidden_states).transpose(1, 2).chunk(2, dim=1)  # (batch, D, L) each
         conv_state = cache.conv[self.layer_idx] if cache is not None else None
-        x, conv_state = causal_conv(self.conv1d, x, conv_state)
+        x, conv_state = causal_conv(self.conv1d, x, conv_state, seq_idx)
         x = F.silu(x)
         dt, B, C = self.x_proj(x.transpose(1, 2)).split([self.time_step_rank, self.state_size, self.state_size], -1)
         delta = self.dt_proj(dt).transpose(1, 2)  # (batch, D, L)
@@ -99,6 +100,7 @@ class MambaMixer(nn.Module):
             y, state = selective_scan(
                 x, delta, A, B.transpose(1, 2), C.transpose(1, 2), D=wide(self.D), z=z, delta_softplus=True,
                 initial_state=start, state_offset=state_offset, y_offset=y_offset, return_final_state=True,
+                seq_idx=seq_idx,
             )
         if cache is not None:
             cache.conv[self.layer_idx] = conv_state

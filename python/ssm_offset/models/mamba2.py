@@ -67,12 +67,13 @@ class Mamba2Mixer(nn.Module):
         initial_state: Optional[torch.Tensor] = None,
         state_offset: Optional[torch.Tensor] = None,
         y_offset: Optional[torch.Tensor] = None,
+        seq_idx: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         batch, length, _ = hidden_states.shape
         h, p, g, n = self.num_heads, self.head_dim, self.n_groups, self.state_size
         z, xBC, dt = self.in_proj(hidden_states).split([self.intermediate_size, self.conv_dim, h], dim=-1)
         conv_state = cache.conv[self.layer_idx] if cache is not None else None
-        xBC, conv_state = causal_conv(self.conv1d, xBC.transpose(1, 2), conv_state)
+        xBC, conv_state = causal_conv(self.conv1d, xBC.transpose(1, 2), conv_state, seq_idx)
         xBC = F.silu(xBC).transpose(1, 2)
         x, B, C = xBC.split([self.intermediate_size, g * n, g * n], dim=-1)
         x, B, C = x.reshape(batch, length, h, p), B.reshape(batch, length, g, n), C.reshape(batch, length, g, n)
@@ -89,7 +90,7 @@ class Mamba2Mixer(nn.Module):
             y = y[:, None]
         else:
             y, state = ssd_scan(x, dt, A, B, C, initial_state=start, chunk_size=self.chunk_size,
-                                return_final_state=True, **common)
+                                return_final_state=True, seq_idx=seq_idx, **common)
         if cache is not None:
             cache.conv[self.layer_idx] = conv_state
             cache.ssm[self.layer_idx] = state

@@ -23,6 +23,16 @@ def check_shape(name: str, t: Optional[torch.Tensor], *allowed: Sequence[int]) -
         raise ScanShapeError(f"{name}: got shape {tuple(t.shape)}, expected {want}")
 
 
+def check_seq_idx(seq_idx: Optional[torch.Tensor], batch: int, length: int) -> None:
+    if seq_idx is None:
+        return
+    check_shape("seq_idx", seq_idx, (batch, length))
+    if seq_idx.is_floating_point() or seq_idx.dtype == torch.bool:
+        raise ScanShapeError(f"seq_idx: got dtype {seq_idx.dtype}, expected an integer document index")
+    if length > 1 and bool((seq_idx[:, 1:] < seq_idx[:, :-1]).any()):
+        raise ScanShapeError("seq_idx: must be non-decreasing along each row (one index per packed document)")
+
+
 def per_row(t: Optional[torch.Tensor], batch: int, shared_ndim: int) -> Optional[torch.Tensor]:
     """Broadcast a shared adapter tensor (no batch dim) to one per batch row; per-row tensors pass through.
 
@@ -33,6 +43,15 @@ def per_row(t: Optional[torch.Tensor], batch: int, shared_ndim: int) -> Optional
     if t.dim() == shared_ndim:
         return t.unsqueeze(0).expand(batch, *t.shape)
     return t
+
+
+def document_starts(seq_idx: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """(batch, L) bool: True where a new document begins (position 0 excluded: every row starts fresh)."""
+    if seq_idx is None:
+        return None
+    starts = torch.zeros_like(seq_idx, dtype=torch.bool)
+    starts[:, 1:] = seq_idx[:, 1:] != seq_idx[:, :-1]
+    return starts
 
 
 def recompute_grads(reference, grad_outputs, tensors, **static):

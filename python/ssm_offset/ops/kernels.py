@@ -129,13 +129,15 @@ def _usable(u: torch.Tensor) -> bool:
     return u.dtype in _KERNEL_DTYPES and u.numel() > 0
 
 
-def _fwd_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, state_offset, y_offset):
+def _fwd_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, state_offset, y_offset,
+              seq_idx=None):
     from .selective_scan.naive import selective_scan_naive
 
-    ext = _extension() if _usable(u) else None
+    # document boundaries are not in the CUDA kernel yet: packed rows take the reference
+    ext = _extension() if _usable(u) and seq_idx is None else None
     if ext is None:
         return selective_scan_naive(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-                                    initial_state, state_offset, y_offset)
+                                    initial_state, state_offset, y_offset, seq_idx)
     dt = u.dtype
     y, final = ext.fwd(
         u.contiguous(), delta.to(dt).contiguous(), _f32(A), _grouped(B, dt, True), _grouped(C, dt, True),
@@ -146,13 +148,13 @@ def _fwd_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state
 
 
 def _bwd_cuda(dy, dfinal_state, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-              initial_state, state_offset, y_offset):
+              initial_state, state_offset, y_offset, seq_idx=None):
     from .selective_scan.op import selective_scan_bwd_reference
 
-    ext = _extension() if _usable(u) else None
+    ext = _extension() if _usable(u) and seq_idx is None else None
     if ext is None:
         return selective_scan_bwd_reference(dy, dfinal_state, u, delta, A, B, C, D, z, delta_bias,
-                                            delta_softplus, initial_state, state_offset, y_offset)
+                                            delta_softplus, initial_state, state_offset, y_offset, seq_idx)
     dt = u.dtype
     grads = ext.bwd(
         dy.to(dt).contiguous(), _f32(dfinal_state), u.contiguous(), delta.to(dt).contiguous(), _f32(A),

@@ -5,7 +5,7 @@ from typing import Optional
 
 import torch
 
-from .._common import check_shape
+from .._common import check_seq_idx, check_shape
 from . import op as _op
 from .naive import selective_scan_naive
 from .step import selective_scan_step_reference
@@ -41,19 +41,22 @@ def selective_scan(
     D: Optional[torch.Tensor] = None, z: Optional[torch.Tensor] = None, delta_bias: Optional[torch.Tensor] = None,
     delta_softplus: bool = False, initial_state: Optional[torch.Tensor] = None,
     state_offset: Optional[torch.Tensor] = None, y_offset: Optional[torch.Tensor] = None,
-    return_final_state: bool = False,
+    return_final_state: bool = False, seq_idx: Optional[torch.Tensor] = None,
 ):
     """Mamba-1 selective scan with State-offset Tuning's offset h', a learned initial state and a y offset.
 
     u, delta, z: (batch, D, L); A: (D, N); B, C: (batch, N, L) or (batch, G, N, L); D, delta_bias: (D,);
     initial_state, state_offset: (D, N) shared or (batch, D, N) per row; y_offset: (D,) or (batch, D).
+    seq_idx: (batch, L) integer document index per position, non-decreasing (mamba_ssm's convention): the state
+    restarts from initial_state (or zero) at each document's first token, for packed sequences.
     Returns y (batch, D, L) in u's dtype, and the fp32 final state (batch, D, N) if asked.
     """
     if u.dim() != 3:
         raise ValueError(f"u: got shape {tuple(u.shape)}, expected (batch, D, L)")
     _check(u, delta, A, B, C, D, z, delta_bias, initial_state, state_offset, y_offset, time_axis=True)
+    check_seq_idx(seq_idx, u.shape[0], u.shape[2])
     y, final = torch.ops.ssm_offset.selective_scan_fwd(
-        u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, state_offset, y_offset
+        u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, state_offset, y_offset, seq_idx
     )
     return (y, final) if return_final_state else y
 

@@ -6,6 +6,8 @@
     out_t = y_t ⊙ silu(z_t)
 
 The offset h' enters the readout only; the recurrence keeps using h_t (State-offset Tuning, Kang et al. 2025).
+With `seq_idx` (batch, L), a non-decreasing document index per position (mamba_ssm's convention), the state is
+reset at each document's first token — to the initial state, which every document starts from.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .._common import compute_dtype, per_row
+from .._common import compute_dtype, document_starts, per_row
 
 
 def expand_groups(BC: torch.Tensor, dim: int) -> torch.Tensor:
@@ -47,7 +49,7 @@ def readout(y: torch.Tensor, u: torch.Tensor, D, z, y_offset, dim_axis: int = 1)
 
 def selective_scan_naive(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-    initial_state=None, state_offset=None, y_offset=None,
+    initial_state=None, state_offset=None, y_offset=None, seq_idx=None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Returns (y, final_state); y in u's dtype, the state in fp32 (fp64 for fp64 inputs)."""
     ct = compute_dtype(u)
@@ -58,10 +60,14 @@ def selective_scan_naive(
     Cx = expand_groups(C.to(ct), dim)
     Ac = A.to(ct)
     h0 = per_row(initial_state, batch, 2)
-    h = torch.zeros(batch, dim, A.shape[1], dtype=ct, device=u.device) if h0 is None else h0.to(ct).clone()
+    start = torch.zeros(batch, dim, A.shape[1], dtype=ct, device=u.device) if h0 is None else h0.to(ct)
+    h = start.clone()
+    resets = document_starts(seq_idx)
     off = per_row(state_offset, batch, 2)
     ys = []
     for t in range(length):
+        if resets is not None and t > 0:
+            h = torch.where(resets[:, t, None, None], start, h)
         dt_t = dt[:, :, t, None]
         h = torch.exp(dt_t * Ac) * h + dt_t * Bx[..., t] * uc[:, :, t, None]
         read = h if off is None else h + off.to(ct)

@@ -18,25 +18,29 @@ _GRAD_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_sta
 
 
 def selective_scan_bwd_reference(
-    dy, dfinal_state, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, state_offset, y_offset
+    dy, dfinal_state, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, state_offset, y_offset,
+    seq_idx=None,
 ):
     """The backward as the vector-Jacobian product of the reference: the op's default implementation,
     and the fallback of the CUDA registration when the kernels cannot be built."""
     tensors = dict(zip(_GRAD_NAMES, (u, delta, A, B, C, D, z, delta_bias, initial_state, state_offset, y_offset)))
-    return recompute_grads(selective_scan_naive, (dy, dfinal_state), tensors, delta_softplus=delta_softplus)
+    return recompute_grads(selective_scan_naive, (dy, dfinal_state), tensors, delta_softplus=delta_softplus,
+                           seq_idx=seq_idx)
 
 
 @torch.library.custom_op("ssm_offset::selective_scan_fwd", mutates_args=())
 def selective_scan_fwd(
     u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor],
     delta_bias: Optional[Tensor], delta_softplus: bool, initial_state: Optional[Tensor],
-    state_offset: Optional[Tensor], y_offset: Optional[Tensor],
+    state_offset: Optional[Tensor], y_offset: Optional[Tensor], seq_idx: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Tensor]:
-    return selective_scan_naive(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, state_offset, y_offset)
+    return selective_scan_naive(
+        u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, state_offset, y_offset, seq_idx
+    )
 
 
 @selective_scan_fwd.register_fake
-def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, state_offset, y_offset):
+def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, state_offset, y_offset, seq_idx=None):
     return torch.empty_like(u), u.new_empty(u.shape[0], u.shape[1], A.shape[1], dtype=compute_dtype(u))
 
 
@@ -45,20 +49,24 @@ def selective_scan_bwd(
     dy: Tensor, dfinal_state: Optional[Tensor], u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
     D: Optional[Tensor], z: Optional[Tensor], delta_bias: Optional[Tensor], delta_softplus: bool,
     initial_state: Optional[Tensor], state_offset: Optional[Tensor], y_offset: Optional[Tensor],
+    seq_idx: Optional[Tensor] = None,
 ) -> List[Tensor]:
     return selective_scan_bwd_reference(
-        dy, dfinal_state, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, state_offset, y_offset
+        dy, dfinal_state, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, state_offset, y_offset,
+        seq_idx,
     )
 
 
 @selective_scan_bwd.register_fake
-def _(dy, dfinal_state, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, state_offset, y_offset):
+def _(dy, dfinal_state, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, state_offset, y_offset,
+      seq_idx=None):
     return fake_grads((u, delta, A, B, C, D, z, delta_bias, initial_state, state_offset, y_offset))
 
 
 def _setup_context(ctx, inputs, output):
-    u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, state_offset, y_offset = inputs
+    u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, state_offset, y_offset, seq_idx = inputs
     ctx.delta_softplus = delta_softplus
+    ctx.seq_idx = seq_idx
     tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state, state_offset, y_offset)
     ctx.present = [t is not None for t in tensors]
     ctx.save_for_backward(*tensors)
@@ -68,11 +76,11 @@ def _backward(ctx, dy, dfinal_state):
     u, delta, A, B, C, D, z, delta_bias, initial_state, state_offset, y_offset = ctx.saved_tensors
     grads = selective_scan_bwd(
         dy.contiguous(), dfinal_state, u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus,
-        initial_state, state_offset, y_offset,
+        initial_state, state_offset, y_offset, ctx.seq_idx,
     )
     needs = list(ctx.needs_input_grad)
-    g = select_grads(needs[:8] + needs[9:], grads, ctx.present)
-    return (*g[:8], None, *g[8:])
+    g = select_grads(needs[:8] + needs[9:12], grads, ctx.present)
+    return (*g[:8], None, *g[8:], None)
 
 
 selective_scan_fwd.register_autograd(_backward, setup_context=_setup_context)

@@ -6,7 +6,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from .._common import check_shape
+from .._common import check_seq_idx, check_shape
 from . import op as _op
 from .chunk import ssd_chunked
 from .naive import ssd_naive
@@ -42,20 +42,24 @@ def ssd_scan(
     dt_softplus: bool = False, dt_limit: Tuple[float, float] = (0.0, math.inf),
     initial_state: Optional[torch.Tensor] = None, state_offset: Optional[torch.Tensor] = None,
     y_offset: Optional[torch.Tensor] = None, chunk_size: int = 64, return_final_state: bool = False,
+    seq_idx: Optional[torch.Tensor] = None,
 ):
     """Mamba-2 SSD scan with state offset h', learned initial state and y offset (layout of mamba_ssm's
     `mamba_chunk_scan_combined`).
 
     x, z: (batch, L, H, P); dt: (batch, L, H); A, dt_bias: (H,); B, C: (batch, L, G, N); D: (H,) or (H, P);
     initial_state, state_offset: (H, P, N) or (batch, H, P, N); y_offset: (H, P) or (batch, H, P).
+    seq_idx: (batch, L) integer document index, non-decreasing: the state restarts from initial_state (or zero)
+    at each document's first token (packed sequences; mamba_ssm's convention).
     Returns y (batch, L, H, P) and, if asked, the fp32 final state (batch, H, P, N).
     """
     if x.dim() != 4:
         raise ValueError(f"x: got shape {tuple(x.shape)}, expected (batch, L, H, P)")
     _check(x, dt, A, B, C, D, z, dt_bias, initial_state, state_offset, y_offset, lead=tuple(x.shape[:2]))
+    check_seq_idx(seq_idx, x.shape[0], x.shape[1])
     y, final = torch.ops.ssm_offset.ssd_fwd(
         x, dt, A, B, C, D, z, dt_bias, initial_state, state_offset, y_offset,
-        dt_softplus, float(dt_limit[0]), float(dt_limit[1]), int(chunk_size),
+        dt_softplus, float(dt_limit[0]), float(dt_limit[1]), int(chunk_size), seq_idx,
     )
     return (y, final) if return_final_state else y
 

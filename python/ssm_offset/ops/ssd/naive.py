@@ -5,7 +5,8 @@ Per head h (scalar decay a_h = A[h]), state P×N:
     h_t = exp(Δ_t a_h) h_{t-1} + Δ_t x_t B_tᵀ                 h_0 = initial_state (or 0)
     y_t = (h_t + h') C_t + D x_t + y'                         h' = state_offset, y' = y_offset
     out_t = y_t ⊙ silu(z_t)  (only when z is given; Mamba-2 usually gates in its RMSNorm instead)
-Head h reads B/C group h // (H / G).
+Head h reads B/C group h // (H / G). With `seq_idx` (batch, L) the state restarts from initial_state at each
+document's first token (mamba_ssm's `seq_idx` convention).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .._common import compute_dtype, per_row
+from .._common import compute_dtype, document_starts, per_row
 
 
 def discretize_dt(dt, dt_bias, softplus: bool, dt_limit: Tuple[float, float]):
@@ -50,7 +51,7 @@ def readout(y, x, D, z, y_offset):
 
 def ssd_naive(
     x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, dt_limit=(0.0, math.inf),
-    initial_state=None, state_offset=None, y_offset=None,
+    initial_state=None, state_offset=None, y_offset=None, seq_idx=None,
 ):
     """x (b, l, h, p), dt (b, l, h), A (h,), B/C (b, l, g, n). Returns (y (b, l, h, p), final state (b, h, p, n))."""
     ct = compute_dtype(x)
@@ -60,10 +61,14 @@ def ssd_naive(
     Bh = heads_to_groups(B.to(ct), nheads)
     Ch = heads_to_groups(C.to(ct), nheads)
     h0 = per_row(initial_state, batch, 3)
-    h = x.new_zeros(batch, nheads, headdim, B.shape[-1], dtype=ct) if h0 is None else h0.to(ct).clone()
+    start = x.new_zeros(batch, nheads, headdim, B.shape[-1], dtype=ct) if h0 is None else h0.to(ct)
+    h = start.clone()
+    resets = document_starts(seq_idx)
     off = per_row(state_offset, batch, 3)
     ys = []
     for t in range(length):
+        if resets is not None and t > 0:
+            h = torch.where(resets[:, t, None, None, None], start, h)
         d = dtc[:, t]  # (b, h)
         h = torch.exp(d * A.to(ct))[..., None, None] * h + (d[..., None] * xc[:, t])[..., None] * Bh[:, t, :, None, :]
         read = h if off is None else h + off.to(ct)

@@ -16,9 +16,11 @@ from .step import ssd_step_reference
 _GRAD_NAMES = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_state", "state_offset", "y_offset")
 
 
-def _reference(x, dt, A, B, C, D, z, dt_bias, initial_state, state_offset, y_offset, dt_softplus, dt_min, dt_max, chunk_size):
+def _reference(x, dt, A, B, C, D, z, dt_bias, initial_state, state_offset, y_offset, dt_softplus, dt_min, dt_max,
+               chunk_size, seq_idx=None):
     return ssd_chunked(
-        x, dt, A, B, C, D, z, dt_bias, dt_softplus, (dt_min, dt_max), initial_state, state_offset, y_offset, chunk_size
+        x, dt, A, B, C, D, z, dt_bias, dt_softplus, (dt_min, dt_max), initial_state, state_offset, y_offset, chunk_size,
+        seq_idx,
     )
 
 
@@ -27,12 +29,15 @@ def ssd_fwd(
     x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor],
     dt_bias: Optional[Tensor], initial_state: Optional[Tensor], state_offset: Optional[Tensor],
     y_offset: Optional[Tensor], dt_softplus: bool, dt_min: float, dt_max: float, chunk_size: int,
+    seq_idx: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Tensor]:
-    return _reference(x, dt, A, B, C, D, z, dt_bias, initial_state, state_offset, y_offset, dt_softplus, dt_min, dt_max, chunk_size)
+    return _reference(x, dt, A, B, C, D, z, dt_bias, initial_state, state_offset, y_offset, dt_softplus, dt_min, dt_max,
+                      chunk_size, seq_idx)
 
 
 @ssd_fwd.register_fake
-def _(x, dt, A, B, C, D, z, dt_bias, initial_state, state_offset, y_offset, dt_softplus, dt_min, dt_max, chunk_size):
+def _(x, dt, A, B, C, D, z, dt_bias, initial_state, state_offset, y_offset, dt_softplus, dt_min, dt_max, chunk_size,
+      seq_idx=None):
     b, _, h, p = x.shape
     return torch.empty_like(x), x.new_empty(b, h, p, B.shape[-1], dtype=compute_dtype(x))
 
@@ -42,17 +47,18 @@ def ssd_bwd(
     dy: Tensor, dfinal_state: Optional[Tensor], x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
     D: Optional[Tensor], z: Optional[Tensor], dt_bias: Optional[Tensor], initial_state: Optional[Tensor],
     state_offset: Optional[Tensor], y_offset: Optional[Tensor], dt_softplus: bool, dt_min: float, dt_max: float,
-    chunk_size: int,
+    chunk_size: int, seq_idx: Optional[Tensor] = None,
 ) -> List[Tensor]:
     tensors = dict(zip(_GRAD_NAMES, (x, dt, A, B, C, D, z, dt_bias, initial_state, state_offset, y_offset)))
     return recompute_grads(
         _reference, (dy, dfinal_state), tensors,
-        dt_softplus=dt_softplus, dt_min=dt_min, dt_max=dt_max, chunk_size=chunk_size,
+        dt_softplus=dt_softplus, dt_min=dt_min, dt_max=dt_max, chunk_size=chunk_size, seq_idx=seq_idx,
     )
 
 
 @ssd_bwd.register_fake
-def _(dy, dfinal_state, x, dt, A, B, C, D, z, dt_bias, initial_state, state_offset, y_offset, dt_softplus, dt_min, dt_max, chunk_size):
+def _(dy, dfinal_state, x, dt, A, B, C, D, z, dt_bias, initial_state, state_offset, y_offset, dt_softplus, dt_min,
+      dt_max, chunk_size, seq_idx=None):
     return fake_grads((x, dt, A, B, C, D, z, dt_bias, initial_state, state_offset, y_offset))
 
 
@@ -66,7 +72,7 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, dy, dfinal_state):
     grads = ssd_bwd(dy.contiguous(), dfinal_state, *ctx.saved_tensors, *ctx.static)
     g = select_grads(list(ctx.needs_input_grad[:11]), grads, ctx.present)
-    return (*g, None, None, None, None)
+    return (*g, None, None, None, None, None)
 
 
 ssd_fwd.register_autograd(_backward, setup_context=_setup_context)
