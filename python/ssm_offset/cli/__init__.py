@@ -5,10 +5,10 @@ import argparse
 import sys
 from typing import List, Optional
 
-from . import build_kernels, demo, info, methods
+from . import build_kernels, compare, demo, evaluate, generate, info, methods, pretrain, train
 
 # Subcommand modules expose `register(subparsers)`; each sets `func` on its parser.
-_SUBCOMMANDS = [info, demo, methods, build_kernels]
+_SUBCOMMANDS = [info, demo, train, evaluate, generate, pretrain, compare, methods, build_kernels]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,7 +23,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and not getattr(args, "accepts_overrides", False):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.overrides = rest  # `--section.key VALUE` settings of the commands that take a run config
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError, KeyError) as exc:
