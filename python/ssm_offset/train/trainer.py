@@ -120,6 +120,9 @@ class Trainer:
             raise ValueError("train_data: the dataset is empty")
         if eval_data is not None and len(eval_data) == 0:
             raise ValueError("eval_data: the dataset is empty")
+        if "seq_idx" in train_data[0] and active_peft_type(model) in ("PROMPT_TUNING", "PREFIX_TUNING"):
+            raise TrainConfigError("packed rows (seq_idx) cannot take virtual tokens: prompt / prefix tuning puts "
+                                   "them before a whole row, not before each example; train them unpacked")
         self.model = model
         self.config = config
         self.train_data = train_data
