@@ -167,9 +167,13 @@ def _assert_same_run(a, b):
 
 
 def test_sigkill_at_random_points_and_mid_checkpoint_then_resume(tmp_path):
-    ref = tmp_path / "ref"
-    done = _child(ref)
-    assert done.returncode == 0, done.stderr
+    import argparse
+
+    sys.path.insert(0, str(CHILD.parent))
+    import train_child
+
+    ref = tmp_path / "ref"  # the uninterrupted run, in this process (same code, one thread: the same numbers)
+    train_child.run(argparse.Namespace(out=str(ref), slow=0.0, kill_in_checkpoint=0))
 
     # killed at a random moment between checkpoints (after at least one checkpoint)
     killed = tmp_path / "killed"
@@ -275,6 +279,28 @@ def test_ddp_on_two_gloo_processes_equals_one_process(tmp_path):
         assert torch.allclose(v, two[k], atol=1e-6), k
     one_log, two_log = _losses(tmp_path / "one"), _losses(tmp_path / "two")
     assert all(abs(one_log[s] - two_log[s]) < 1e-6 for s in range(1, 5))
+
+
+def _fsdp_worker(rank, world, init_file, out_dir, data):
+    os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    Trainer(tiny_mamba2(), TrainConfig(output_dir=out_dir, max_steps=3, batch_size=4, lr=1e-2, progress=False,
+                                       tensorboard=False, resume=False, distributed="fsdp", save_every=2), data).train()
+    torch.distributed.destroy_process_group()
+
+
+def test_fsdp2_full_fine_tuning_on_two_gloo_processes_equals_one_process(tmp_path):
+    data = random_pairs(32)
+    single = tiny_mamba2()
+    Trainer(single, cfg(tmp_path / "one", max_steps=3, batch_size=8), data).train()
+    torch.multiprocessing.spawn(_fsdp_worker, args=(2, str(tmp_path / "init"), str(tmp_path / "two"), data),
+                                nprocs=2, join=True)
+    two = load_file(str(tmp_path / "two" / "final" / "model.safetensors"))
+    state = single.state_dict()
+    for k in two:  # sharded AdamW and reduce-scatter sum in another order: equal to float rounding
+        assert torch.allclose(state[k], two[k], atol=1e-5), k
+    assert ckpt.checkpoints(tmp_path / "two")  # the gathered checkpoint was written
 
 
 # --- transformers.Trainer, config errors ---------------------------------------------------------------------

@@ -26,7 +26,11 @@ def main():
     ap.add_argument("out")
     ap.add_argument("--slow", type=float, default=0.0)
     ap.add_argument("--kill-in-checkpoint", type=int, default=0, help="SIGKILL itself while writing checkpoint N")
-    args = ap.parse_args()
+    run(ap.parse_args())
+
+
+def run(args):
+    """The run itself (the tests also call it in-process, for the uninterrupted reference)."""
     torch.manual_seed(0)
     model = model_from_config(Mamba2Config(vocab_size=40, hidden_size=32, state_size=8, num_hidden_layers=2,
                                            num_heads=4, head_dim=16, n_groups=1))

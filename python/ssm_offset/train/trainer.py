@@ -181,8 +181,9 @@ class Trainer:
         peft_type = active_peft_type(model)
         if peft_type == "SDT" and cfg.sdt_warmup_steps == 0:
             raise TrainConfigError("SDT needs sdt_warmup_steps > 0 (steps of ΔA_log warm-up before selection)")
-        if cfg.distributed == "fsdp" and peft_type not in (None, "FULL"):
-            raise TrainConfigError("distributed = 'fsdp' is for full fine-tuning; adapters train with 'ddp'")
+        if cfg.distributed == "fsdp" and peft_type is not None:
+            raise TrainConfigError("distributed = 'fsdp' is for full fine-tuning of a plain model (not a PeftModel); "
+                                   "adapters are small and train with 'ddp'")
         params = [p for p in model.parameters() if p.requires_grad]  # SDT: every parameter of any phase
         if not params:
             raise ValueError("the model has no trainable parameters")
@@ -240,10 +241,7 @@ class Trainer:
                 self._save_checkpoint(model, opt, sched, scaler, step, epoch, position, early)
         bar.close()
         logger.close()
-        distributed.barrier()
-        if world.is_main:
-            self.save(self.output_dir / "final")
-        distributed.barrier()
+        self._save_collectively(self.output_dir / "final")
         return {"step": step, "loss": last_loss, "best": early["best"], "stopped_early": early["stopped"],
                 "seconds": time.perf_counter() - start_time, "log": str(self.output_dir / "log.jsonl")}
 
@@ -339,8 +337,7 @@ class Trainer:
         better = best is None or (value > best if cfg.greater_is_better else value < best)
         if better:
             early["best"], early["bad_evals"] = value, 0
-            if self.world.is_main:
-                self.save(self.output_dir / "best")
+            self._save_collectively(self.output_dir / "best")
         else:
             early["bad_evals"] += 1
             if cfg.early_stopping_patience and early["bad_evals"] >= cfg.early_stopping_patience:
@@ -386,6 +383,23 @@ class Trainer:
         scaler.load_state_dict(state["scaler"])
         ckpt.set_rng_state(state["rng"])
         return step, meta["early_stopping"]
+
+    def _save_collectively(self, directory: Path) -> None:
+        """Every process calls this; the main one writes. FSDP first gathers the sharded parameters."""
+        distributed.barrier()
+        if self.config.distributed == "fsdp" and self.world.active:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            from ..models import model_from_config
+
+            full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+            if self.world.is_main:
+                plain = model_from_config(self.model.config)
+                plain.load_state_dict(full)
+                plain.save_pretrained(directory)
+        elif self.world.is_main:
+            self.save(directory)
+        distributed.barrier()
 
     def save(self, directory) -> None:
         """The trained result: an adapter directory (PeftModel) or a Hugging Face model directory, written
