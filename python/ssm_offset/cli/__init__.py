@@ -5,10 +5,10 @@ import argparse
 import sys
 from typing import List, Optional
 
-from . import build_kernels, demo, info, methods
+from . import build_kernels, compare, demo, evaluate, generate, info, methods, pretrain, train
 
 # Subcommand modules expose `register(subparsers)`; each sets `func` on its parser.
-_SUBCOMMANDS = [info, demo, methods, build_kernels]
+_SUBCOMMANDS = [info, demo, train, evaluate, generate, pretrain, compare, methods, build_kernels]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,8 +22,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _split_overrides(argv: List[str]):
+    """Separate `--section.key VALUE` / `--section.key=VALUE` (config overrides) from the other arguments."""
+    rest: List[str] = []
+    overrides: List[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        name = a[2:].split("=", 1)[0]
+        if a.startswith("--") and "." in name and not name.startswith("."):
+            take = 1 if "=" in a else 2
+            overrides += argv[i : i + take]
+            i += take
+        else:
+            rest.append(a)
+            i += 1
+    return rest, overrides
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    argv, overrides = _split_overrides(sys.argv[1:] if argv is None else list(argv))
+    args = parser.parse_args(argv)
+    if overrides and not getattr(args, "accepts_overrides", False):
+        parser.error(f"unrecognized arguments: {' '.join(overrides)}")
+    args.overrides = overrides  # `--section.key VALUE` settings of the commands that take a run config
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError, KeyError) as exc:

@@ -17,7 +17,7 @@ from .config import (
     ConfigError, Mamba2Config, MambaConfig, TransMambaConfig, config_from_hf_dict, config_from_mamba_ssm_dict,
     geometric_transpoints,
 )
-from .generation import generate
+from .generation import beam_search, generate
 from .io import CheckpointError, from_transformers, load_model, save_pretrained
 from .mamba import MambaForCausalLM, MambaMixer
 from .mamba2 import Mamba2ForCausalLM, Mamba2Mixer
@@ -26,7 +26,7 @@ from .transmamba import TransMambaForCausalLM, TransMambaMixer
 __all__ = [
     "MambaConfig", "Mamba2Config", "MambaForCausalLM", "Mamba2ForCausalLM", "MambaMixer", "Mamba2Mixer",
     "CausalLM", "CausalLMOutput", "Cache", "load_model", "save_pretrained", "model_from_config", "generate",
-    "from_transformers", "MODEL_CLASSES", "ConfigError", "CheckpointError", "config_from_hf_dict",
+    "beam_search", "from_transformers", "MODEL_CLASSES", "ConfigError", "CheckpointError", "config_from_hf_dict",
     "config_from_mamba_ssm_dict", "TransMambaConfig", "TransMambaForCausalLM", "TransMambaMixer", "TransMambaCache",
     "geometric_transpoints",
 ]

@@ -130,4 +130,65 @@ def _next_token(logits, do_sample, temperature, top_k, top_p, generator) -> torc
     return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
 
-__all__ = ["generate", "prefill"]
+@torch.no_grad()
+def beam_search(
+    model,
+    prompt: Union[Sequence[int], torch.Tensor],
+    max_new_tokens: int,
+    num_beams: int = 4,
+    *,
+    eos_token_id: Union[int, Sequence[int], None] = None,
+    length_penalty: float = 1.0,
+) -> List[int]:
+    """Beam search for one prompt; returns the new tokens of the best hypothesis (eos excluded).
+
+    The prompt is prefilled once and its cache copied to every beam; each step scores all continuations of
+    the live beams, keeps the `num_beams` best, and reorders the cache rows to follow their beams. A
+    hypothesis ends at eos; the search stops when `num_beams` hypotheses have ended (or at max_new_tokens),
+    and the best by sum of log-probabilities / length ** length_penalty wins (Hugging Face's rule)."""
+    if num_beams < 1:
+        raise ValueError(f"num_beams: got {num_beams}, expected >= 1")
+    if max_new_tokens <= 0:
+        return []
+    device = model.lm_head.weight.device
+    row = _as_rows([prompt], device)[0]
+    eos = model.config.eos_token_id if eos_token_id is None else eos_token_id
+    eos = set() if eos is None else {eos} if isinstance(eos, int) else set(eos)
+    logits, cache = prefill(model, [row])
+    cache = cache.select(torch.zeros(num_beams, dtype=torch.long, device=device))
+    scores = torch.full((num_beams,), float("-inf"), device=device)
+    scores[0] = 0.0  # all beams start identical: only one may expand at the first step
+    beams: List[List[int]] = [[] for _ in range(num_beams)]
+    logits = logits.expand(num_beams, -1)
+    done: List[tuple] = []
+    for step in range(max_new_tokens):
+        logp = torch.log_softmax(logits.float(), -1) + scores[:, None]
+        top, flat = logp.flatten().topk(2 * num_beams)
+        vocab = logp.shape[-1]
+        keep_rows, keep_tokens, keep_scores = [], [], []
+        for value, index in zip(top.tolist(), flat.tolist()):
+            origin, token = divmod(index, vocab)
+            if value == float("-inf"):
+                break
+            if token in eos:
+                done.append((value / max(1, len(beams[origin]) + 1) ** length_penalty, beams[origin]))
+            else:
+                keep_rows.append(origin)
+                keep_tokens.append(token)
+                keep_scores.append(value)
+            if len(keep_rows) == num_beams:
+                break
+        beams = [beams[o] + [t] for o, t in zip(keep_rows, keep_tokens)]
+        if step == max_new_tokens - 1:  # out of budget: the live beams compete as they are
+            done += [(v / len(b) ** length_penalty, b) for v, b in zip(keep_scores, beams)]
+        if len(done) >= num_beams or not keep_rows or step == max_new_tokens - 1:
+            break
+        scores = torch.tensor(keep_scores, device=device)
+        cache = cache.select(torch.tensor(keep_rows, device=device))
+        logits = model(torch.tensor(keep_tokens, device=device)[:, None], cache=cache).logits[:, -1]
+    if not done:
+        return []
+    return max(done, key=lambda d: d[0])[1]
+
+
+__all__ = ["generate", "prefill", "beam_search"]
