@@ -1,6 +1,15 @@
-//! Rust core of ssm-offset.
+//! Rust core of ssm-offset: the adapter store ([`store`]), CEM search ([`cem`]) and the
+//! tokenization pipeline ([`tokenize`]). A library first; `python` only binds it.
+pub mod cem;
+pub mod error;
+pub mod fuzzing;
+pub mod store;
+pub mod tokenize;
+
 #[cfg(feature = "python")]
 mod python;
+
+pub use error::{Error, Result};
 
 /// Version of the core, reported by `ssm-offset info`.
 pub fn version() -> &'static str {

@@ -1,0 +1,31 @@
+"""Shared fixtures of the benchmarks: the machine description stored with every result."""
+
+import os
+import platform
+import subprocess
+
+import pytest
+
+SHARED = os.environ.get("SSM_OFFSET_SHARED_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+
+
+def machine() -> dict:
+    def run(*cmd):
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.strip()
+        except OSError:
+            return ""
+
+    model = next((l.split(":", 1)[1].strip() for l in run("lscpu").splitlines() if l.startswith("Model name")), "")
+    return {"cpu": model, "nproc": run("nproc"), "platform": platform.platform(), "python": platform.python_version()}
+
+
+def pytest_benchmark_update_json(config, benchmarks, output_json):
+    output_json["ssm_offset_machine"] = machine()
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    if not os.path.isdir(SHARED):
+        pytest.skip(f"shared data absent ({SHARED})")
+    return SHARED

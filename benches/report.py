@@ -1,0 +1,97 @@
+"""Turns the pytest-benchmark JSON files of the Rust core's benchmarks into
+`benches/results/rust_core.md` (ratios against the targets of issue 4).
+
+    python benches/report.py
+"""
+
+import json
+import os
+
+HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def load(name):
+    path = os.path.join(HERE, name)
+    if not os.path.exists(path):
+        return None, {}
+    with open(path) as f:
+        data = json.load(f)
+    return data, {b["name"]: b for b in data["benchmarks"]}
+
+
+def main():
+    lines = ["# Rust core benchmarks (issue 4)", ""]
+    machine = None
+    tok_data, tok = load("tokenize.json")
+    if tok:
+        machine = tok_data.get("ssm_offset_machine")
+        rate = {k: v["extra_info"]["tokens_per_s"] for k, v in tok.items()}
+        ours = rate["test_ssm_offset"]
+        lines += [
+            "## Tokenization: shared corpus, GPT-NeoX tokenizer, one document per line, no disk cache",
+            "",
+            "| implementation | tokens | mean s | tokens/s | ours / it |",
+            "|---|---|---|---|---|",
+        ]
+        for k, v in tok.items():
+            lines.append(
+                f"| {k.removeprefix('test_')} | {v['extra_info']['tokens']:,} | {v['stats']['mean']:.2f} | "
+                f"{rate[k] / 1e6:.3f}M | {ours / rate[k]:.2f}x |"
+            )
+        lines += [
+            "",
+            f"Targets: >= 1.3x `datasets.map` (measured {ours / rate['test_datasets_map']:.2f}x), "
+            f">= 0.9x `encode_batch_fast` (measured {ours / rate['test_tokenizers[encode_batch_fast]']:.2f}x); "
+            "ids identical (checked in the benchmark and in tests/test_tokenize.py).",
+            "",
+        ]
+    cem_data, cem = load("cem.json")
+    if cem:
+        machine = machine or cem_data.get("ssm_offset_machine")
+        r, n = cem["test_cem_ask_tell[rust]"]["stats"], cem["test_cem_ask_tell[numpy]"]["stats"]
+        lines += [
+            "## CEM ask+tell per iteration, dim 288, population 32",
+            "",
+            "| implementation | median us | mean us |",
+            "|---|---|---|",
+            f"| Rust core (ssm_offset.adapt.CEM) | {r['median'] * 1e6:.1f} | {r['mean'] * 1e6:.1f} |",
+            f"| NumPy | {n['median'] * 1e6:.1f} | {n['mean'] * 1e6:.1f} |",
+            "",
+            f"Target >= 5x faster: measured {n['median'] / r['median']:.2f}x (medians).",
+            "",
+        ]
+    st_data, st = load("store.json")
+    if st:
+        machine = machine or st_data.get("ssm_offset_machine")
+        a, b = st["test_adapter_store"]["stats"], st["test_safetensors_load_file"]["stats"]
+        lines += [
+            "## Store: open and read 100 adapters (24 x 1536 x 16 bf16 each, 1.2 MB), touching every byte",
+            "",
+            "| implementation | median ms | mean ms |",
+            "|---|---|---|",
+            f"| AdapterStore.get (mmap, content hash checked) | {a['median'] * 1e3:.1f} | {a['mean'] * 1e3:.1f} |",
+            f"| safetensors.torch.load_file loop | {b['median'] * 1e3:.1f} | {b['mean'] * 1e3:.1f} |",
+            "",
+            f"Target >= 3x faster: measured {b['median'] / a['median']:.2f}x (medians).",
+            "",
+        ]
+    if machine:
+        lines += ["## Machine", "", "```", json.dumps(machine, indent=1), "```", ""]
+    lines += [
+        "## Commands",
+        "",
+        "```",
+        "cargo build --release --features python,pyo3/extension-module -p ssm-offset-core",
+        "cp target/release/libssm_offset_core.so python/ssm_offset/_core.abi3.so",
+        "PYTHONPATH=python python -m pytest benches/bench_tokenize.py --benchmark-only --benchmark-json=benches/results/tokenize.json",
+        "PYTHONPATH=python python -m pytest benches/bench_cem.py --benchmark-only --benchmark-json=benches/results/cem.json",
+        "PYTHONPATH=python python -m pytest benches/bench_store.py --benchmark-only --benchmark-json=benches/results/store.json",
+        "python benches/report.py",
+        "```",
+    ]
+    with open(os.path.join(HERE, "rust_core.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

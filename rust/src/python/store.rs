@@ -1,0 +1,212 @@
+use std::path::PathBuf;
+
+use numpy::ndarray::ArrayView1;
+use numpy::{PyArray1, PyReadonlyArray1};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use super::{guard, json_to_py, parse_json, PyResultExt};
+use crate::store::{file::parse_dtype, Filter, PutOptions, Store, TensorIn};
+
+/// (name, dtype, shape, bytes as a contiguous 1-D uint8 array)
+type TensorArg<'py> = (String, String, Vec<usize>, PyReadonlyArray1<'py, u8>);
+
+fn tensor_ins<'a>(tensors: &'a [TensorArg<'_>]) -> PyResult<Vec<TensorIn<'a>>> {
+    tensors
+        .iter()
+        .map(|(name, dtype, shape, data)| {
+            Ok(TensorIn {
+                name: name.clone(),
+                dtype: parse_dtype(dtype).py()?,
+                shape: shape.clone(),
+                data: data.as_slice()?,
+            })
+        })
+        .collect()
+}
+
+fn to_py_value<T: serde::Serialize>(py: Python<'_>, v: &T) -> PyResult<Py<PyAny>> {
+    json_to_py(
+        py,
+        &serde_json::to_value(v).expect("store records always serialise"),
+    )
+}
+
+/// Owner of a private file mapping; numpy arrays returned by `get` borrow from it.
+#[pyclass(module = "ssm_offset._core", frozen)]
+struct MappedFile {
+    // Never read: it only keeps the pages mapped while arrays point into them.
+    #[allow(dead_code)]
+    map: memmap2::MmapMut,
+}
+
+#[pyclass(name = "Store", module = "ssm_offset._core", frozen)]
+struct PyStore {
+    inner: Store,
+}
+
+#[pymethods]
+impl PyStore {
+    #[new]
+    #[pyo3(signature = (path, create = true))]
+    fn new(path: PathBuf, create: bool) -> PyResult<Self> {
+        guard(|| {
+            Ok(PyStore {
+                inner: Store::open(path, create).py()?,
+            })
+        })
+    }
+
+    #[getter]
+    fn root(&self) -> PathBuf {
+        self.inner.root().to_path_buf()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (name, tensors, *, method=None, base_fingerprint=None, tags=Vec::new(),
+                        metrics_json=None, config_json=None, metadata_json=None, overwrite=true, check_finite=false))]
+    fn put(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        tensors: Vec<TensorArg<'_>>,
+        method: Option<String>,
+        base_fingerprint: Option<String>,
+        tags: Vec<String>,
+        metrics_json: Option<&str>,
+        config_json: Option<&str>,
+        metadata_json: Option<&str>,
+        overwrite: bool,
+        check_finite: bool,
+    ) -> PyResult<Py<PyAny>> {
+        guard(|| {
+            let ts = tensor_ins(&tensors)?;
+            let opts = PutOptions {
+                method,
+                base_fingerprint,
+                tags,
+                metrics: parse_json("metrics", metrics_json)?,
+                config: parse_json("config", config_json)?,
+                metadata: parse_json("metadata", metadata_json)?,
+                overwrite,
+                check_finite,
+            };
+            let entry = py.detach(|| self.inner.put(name, &ts, opts)).py()?;
+            to_py_value(py, &entry)
+        })
+    }
+
+    /// Returns (bytes of the whole file as a uint8 array borrowing a private mapping,
+    /// [(name, dtype, shape, start, end)], entry).
+    #[pyo3(signature = (name, check_finite=false))]
+    #[allow(clippy::type_complexity)]
+    fn get<'py>(
+        &self,
+        py: Python<'py>,
+        name: &str,
+        check_finite: bool,
+    ) -> PyResult<(
+        Bound<'py, PyArray1<u8>>,
+        Vec<(String, String, Vec<usize>, usize, usize)>,
+        Py<PyAny>,
+    )> {
+        guard(|| {
+            let loaded = py.detach(|| self.inner.get(name, check_finite)).py()?;
+            let entry = to_py_value(py, &loaded.entry)?;
+            let locs = loaded
+                .tensors
+                .into_iter()
+                .map(|t| (t.name, t.dtype, t.shape, t.start, t.end))
+                .collect();
+            let mut map = loaded.map;
+            let (ptr, len) = (map.as_mut_ptr(), map.len());
+            let owner = Bound::new(py, MappedFile { map })?;
+            // SAFETY: the view covers exactly the mapping, which `owner` keeps alive (numpy holds a
+            // reference to it as the array's base); moving the mapping object does not move its pages.
+            let array = unsafe {
+                let view = ArrayView1::from_shape_ptr(len, ptr as *const u8);
+                PyArray1::borrow_from_array(&view, owner.into_any())
+            };
+            Ok((array, locs, entry))
+        })
+    }
+
+    #[pyo3(signature = (tag=None, method=None, base_fingerprint=None))]
+    fn list(
+        &self,
+        py: Python<'_>,
+        tag: Option<String>,
+        method: Option<String>,
+        base_fingerprint: Option<String>,
+    ) -> PyResult<Vec<Py<PyAny>>> {
+        guard(|| {
+            let f = Filter {
+                tag,
+                method,
+                base_fingerprint,
+            };
+            let entries = self.inner.list(&f).py()?;
+            entries.iter().map(|e| to_py_value(py, e)).collect()
+        })
+    }
+
+    fn delete(&self, py: Python<'_>, name: &str) -> PyResult<bool> {
+        guard(|| py.detach(|| self.inner.delete(name)).py())
+    }
+
+    /// Returns a list of {"name", "path", "message"}; empty when the store is sound.
+    #[pyo3(signature = (check_finite=false))]
+    fn verify<'py>(
+        &self,
+        py: Python<'py>,
+        check_finite: bool,
+    ) -> PyResult<Vec<Bound<'py, PyDict>>> {
+        guard(|| {
+            let problems = py.detach(|| self.inner.verify(check_finite)).py()?;
+            problems
+                .into_iter()
+                .map(|p| {
+                    let d = PyDict::new(py);
+                    d.set_item("name", p.name)?;
+                    d.set_item("path", p.path)?;
+                    d.set_item("message", p.message)?;
+                    Ok(d)
+                })
+                .collect()
+        })
+    }
+
+    #[pyo3(signature = (rebuild=false))]
+    fn compact<'py>(&self, py: Python<'py>, rebuild: bool) -> PyResult<Bound<'py, PyDict>> {
+        guard(|| {
+            let r = py.detach(|| self.inner.compact(rebuild)).py()?;
+            let d = PyDict::new(py);
+            d.set_item("removed_files", r.removed_files)?;
+            d.set_item("adapters", r.adapters)?;
+            d.set_item("dropped", r.dropped)?;
+            Ok(d)
+        })
+    }
+}
+
+/// Fingerprint of a base model from its config (JSON) and its tensors.
+#[pyfunction]
+#[pyo3(signature = (config_json, tensors=Vec::new()))]
+fn base_fingerprint(
+    py: Python<'_>,
+    config_json: &str,
+    tensors: Vec<TensorArg<'_>>,
+) -> PyResult<String> {
+    guard(|| {
+        let cfg = parse_json("config", Some(config_json))?;
+        let ts = tensor_ins(&tensors)?;
+        Ok(py.detach(|| crate::store::base_fingerprint(&cfg, &ts)))
+    })
+}
+
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyStore>()?;
+    m.add_class::<MappedFile>()?;
+    m.add_function(wrap_pyfunction!(base_fingerprint, m)?)?;
+    Ok(())
+}
