@@ -11,6 +11,7 @@ fingerprint samples the weights).
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 import torch
@@ -55,11 +56,23 @@ def base_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
     return out
 
 
+def _json_safe(value: Any) -> Any:
+    """Non-finite floats as strings: JSON has none (Mamba-2's time_step_limit holds inf), and the store's
+    fingerprint parses the config as strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 def model_fingerprint(model: nn.Module) -> str:
     """The Rust store's fingerprint of the base model under `model` (config + names, shapes, sampled weights)."""
     config = model.config
-    return base_fingerprint(config.to_hf_dict() if hasattr(config, "to_hf_dict") else config,
-                            base_state_dict(model))
+    config = config.to_hf_dict() if hasattr(config, "to_hf_dict") else config
+    return base_fingerprint(_json_safe(config), base_state_dict(model))
 
 
 def save_expert(
@@ -74,10 +87,11 @@ def save_expert(
     metadata: Optional[Mapping[str, Any]] = None,
     overwrite: bool = True,
 ) -> Dict[str, Any]:
-    """Store adapter `adapter` (default: the active one) of `model` as expert `name`, tagged with `task`."""
+    """Store adapter `adapter` of `model` (default: the adapter called `name`, else the active one) as expert
+    `name`, tagged with `task`."""
     if not name.isidentifier():
         raise ExpertError(f"expert name {name!r}: use a Python identifier (it becomes an adapter name)")
-    adapter = adapter or model.active_adapter
+    adapter = adapter or (name if name in model.peft_config else model.active_adapter)
     if adapter not in model.peft_config:
         raise ExpertError(f"the model has no adapter {adapter!r}; adapters: {sorted(model.peft_config)}")
     config = model.peft_config[adapter]

@@ -5,10 +5,10 @@ import argparse
 import sys
 from typing import List, Optional
 
-from . import build_kernels, demo, info, methods
+from . import adapt, build_kernels, demo, experts, info, methods
 
 # Subcommand modules expose `register(subparsers)`; each sets `func` on its parser.
-_SUBCOMMANDS = [info, demo, methods, build_kernels]
+_SUBCOMMANDS = [info, demo, methods, build_kernels, experts, adapt]
 
 
 def build_parser() -> argparse.ArgumentParser:
