@@ -95,15 +95,17 @@ class SelfAdaptiveModel:
             return self.encode(request)
         return list(request)
 
-    def dispatch_prompt(self, request: Request) -> List[int]:
-        """The ids of pass one's input: the classification prompt around the request."""
-        if self.encode is None:
-            raise ValueError("the dispatch prompt is text: pass `encode`")
-        text = request if isinstance(request, str) else None
-        if text is None:
+    def dispatch_text(self, request: str) -> str:
+        """Pass one's input: the classification prompt around the request."""
+        if not isinstance(request, str):
             raise ValueError("prompt-based and classifier dispatch need text requests")
         cats = list(self.experts)
-        return self.encode(self.prompt.format(n=len(cats) + 1, categories=", ".join(cats), request=text))
+        return self.prompt.format(n=len(cats) + 1, categories=", ".join(cats), request=request)
+
+    def dispatch_prompt(self, request: str) -> List[int]:
+        if self.encode is None:
+            raise ValueError("the dispatch prompt is text: pass `encode`")
+        return self.encode(self.dispatch_text(request))
 
     def _category_ids(self) -> Dict[str, List[List[int]]]:
         return {c: [self.encode(c), self.encode(" " + c)] for c in [*self.experts, OTHERS]}

@@ -67,7 +67,7 @@ def fit_cross_entropy(model: torch.nn.Module, data: FewShotSet, steps: int, lr: 
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     model.eval()
     return TrainStats(losses, [], [])
 
@@ -129,9 +129,9 @@ def fit_reinforce(model: PeftModel, data: FewShotSet, steps: int, lr: float = 1e
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        stats.losses.append(float(loss))
+        stats.losses.append(loss.item())
         stats.rewards.append(float(r.mean()))
-        stats.kls.append(float(kl_value))
+        stats.kls.append(kl_value.item())
     model.eval()
     return stats
 
