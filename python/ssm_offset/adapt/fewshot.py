@@ -118,6 +118,7 @@ class PopulationEvaluator:
 
     def __init__(self, model: PeftModel, experts: Sequence[str], data: FewShotSet, granularity: str = "expert",
                  objective: str = "accuracy", max_rows: Optional[int] = None):
+        """`max_rows`: most batch rows (candidates × examples) per forward (default: all on a GPU, 64 on CPU)."""
         if objective not in OBJECTIVES:
             raise ValueError(f"objective: got {objective!r}, expected one of {list(OBJECTIVES)}")
         if not isinstance(model, PeftModel):
@@ -136,7 +137,9 @@ class PopulationEvaluator:
         self.targets = labels[:, :length][mask[:, :length]].to(self.device)
         self.n_examples = len(data)
         self.n_tokens = mask.sum(1).to(self.device, torch.float64)
-        self.max_rows = max_rows or 1 << 30
+        # a GPU takes the whole population in one forward; the CPU reference scan costs the same per row at
+        # any batch and slows down once a batch leaves the cache, so CPU forwards take ~64 rows
+        self.max_rows = max_rows or (1 << 30 if self.device.type == "cuda" else 64)
         self.per_chunk = max(1, self.max_rows // self.n_examples)  # candidates per forward
         with torch.no_grad():
             self._emb = lm.backbone.embeddings(self.ids)  # (E, L, H): mixture-independent
@@ -156,13 +159,22 @@ class PopulationEvaluator:
         return self._emb_rep[: candidates * self.n_examples]
 
     def _score(self, hidden: torch.Tensor, candidates: int) -> torch.Tensor:
-        """(candidates, 2): correct examples and summed label-token log-likelihood per candidate."""
+        """(candidates, 2): correct examples and summed label-token log-likelihood per candidate. The head runs
+        on label positions only, in slices of ~16 MB of logits: log p(target) = logit[target] − logsumexp,
+        never a full log-softmax over (candidates, tokens, vocabulary)."""
         lm = self.model.base_model
         h = hidden.view(candidates, self.n_examples, *hidden.shape[1:])[:, self.pos_ex, self.pos_t]  # (C, T, H)
-        logits = wide(lm.lm_head(h.to(lm.lm_head.weight.dtype)))
-        logp = torch.log_softmax(logits, -1)
-        tok_ll = logp.gather(-1, self.targets.view(1, -1, 1).expand(candidates, -1, 1))[..., 0].double()
-        tok_ok = (logits.argmax(-1) == self.targets).double()
+        h = h.reshape(-1, h.shape[-1])
+        targets = self.targets.repeat(candidates)
+        step = max(1, (1 << 22) // lm.lm_head.out_features)
+        ll, ok = [], []
+        for i in range(0, h.shape[0], step):
+            logits = wide(lm.lm_head(h[i: i + step].to(lm.lm_head.weight.dtype)))
+            t = targets[i: i + step, None]
+            ll.append((logits.gather(-1, t)[:, 0] - torch.logsumexp(logits, -1)).double())
+            ok.append(logits.argmax(-1) == t[:, 0])
+        tok_ll = torch.cat(ll).view(candidates, -1)
+        tok_ok = torch.cat(ok).view(candidates, -1).double()
         wrong = torch.zeros(candidates, self.n_examples, dtype=torch.float64, device=self.device)
         wrong.index_add_(1, self.pos_ex, 1.0 - tok_ok)
         return torch.stack([(wrong == 0).sum(1).double(), tok_ll.sum(1)], 1)
