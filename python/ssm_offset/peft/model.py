@@ -3,7 +3,7 @@
     get_peft_model(model, config)            wrap (ssm-offset's models, or transformers' Mamba / Mamba-2)
     PeftModel.from_pretrained(base, dir)     load adapter_config.json + adapter_model.safetensors
     .save_pretrained(dir)                    write them (atomically; extra adapters in dir/<name>/)
-    .add_adapter / .set_adapter / .delete_adapter / .load_adapter
+    .add_adapter / .set_adapter / .delete_adapter / .load_adapter / .load_adapter_state
     .disable_adapter()                       context manager: the base model's outputs
     .row_adapters(names[, weights])          context manager: each batch row its own adapter or mixture
     .merge_and_unload()                      LoRA, BitFit, SVF, SDT, full; an error naming the others
