@@ -17,7 +17,14 @@ def machine() -> dict:
             return ""
 
     model = next((l.split(":", 1)[1].strip() for l in run("lscpu").splitlines() if l.startswith("Model name")), "")
-    return {"cpu": model, "nproc": run("nproc"), "platform": platform.platform(), "python": platform.python_version()}
+    return {
+        "cpu": model,
+        "nproc": run("nproc"),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        # The machine is shared: other processes compete for its 2 cores while benchmarks run.
+        "loadavg_1_5_15_at_end": os.getloadavg(),
+    }
 
 
 def pytest_benchmark_update_json(config, benchmarks, output_json):

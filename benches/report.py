@@ -25,23 +25,27 @@ def main():
     tok_data, tok = load("tokenize.json")
     if tok:
         machine = tok_data.get("ssm_offset_machine")
-        rate = {k: v["extra_info"]["tokens_per_s"] for k, v in tok.items()}
+        # The machine is shared, so rounds vary; the fastest round is the best estimate of each
+        # implementation's own speed, the mean is shown too.
+        rate = {k: v["extra_info"]["tokens"] / v["stats"]["min"] for k, v in tok.items()}
+        mrate = {k: v["extra_info"]["tokens"] / v["stats"]["mean"] for k, v in tok.items()}
         ours = rate["test_ssm_offset"]
         lines += [
             "## Tokenization: shared corpus, GPT-NeoX tokenizer, one document per line, no disk cache",
             "",
-            "| implementation | tokens | mean s | tokens/s | ours / it |",
-            "|---|---|---|---|---|",
+            "| implementation | tokens | best s | mean s | tokens/s (best) | tokens/s (mean) | ours / it (best) | ours / it (mean) |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for k, v in tok.items():
             lines.append(
-                f"| {k.removeprefix('test_')} | {v['extra_info']['tokens']:,} | {v['stats']['mean']:.2f} | "
-                f"{rate[k] / 1e6:.3f}M | {ours / rate[k]:.2f}x |"
+                f"| {k.removeprefix('test_')} | {v['extra_info']['tokens']:,} | {v['stats']['min']:.2f} | "
+                f"{v['stats']['mean']:.2f} | {rate[k] / 1e6:.3f}M | {mrate[k] / 1e6:.3f}M | {ours / rate[k]:.2f}x | "
+                f"{mrate['test_ssm_offset'] / mrate[k]:.2f}x |"
             )
         lines += [
             "",
-            f"Targets: >= 1.3x `datasets.map` (measured {ours / rate['test_datasets_map']:.2f}x), "
-            f">= 0.9x `encode_batch_fast` (measured {ours / rate['test_tokenizers[encode_batch_fast]']:.2f}x); "
+            f"Targets: >= 1.3x `datasets.map` (measured {ours / rate['test_datasets_map']:.2f}x on best rounds), "
+            f">= 0.9x `encode_batch_fast` (measured {ours / rate['test_tokenizers[encode_batch_fast]']:.2f}x on best rounds); "
             "ids identical (checked in the benchmark and in tests/test_tokenize.py).",
             "",
         ]
@@ -75,6 +79,25 @@ def main():
             f"Target >= 3x faster: measured {b['median'] / a['median']:.2f}x (medians).",
             "",
         ]
+    lines += [
+        "## Where targets are missed, and why (measured, issue 4)",
+        "",
+        "- **Store (target 3x, missed: about 1x).** Per 1.2 MB adapter, `load_file` costs about 0.34 ms (one",
+        "  copy out of the page cache) and the touch (a float reduction over every tensor) about 0.26 ms for",
+        "  both. `AdapterStore.get` costs about as much as `load_file`: the content-hash check is one full pass",
+        "  over the bytes (XXH3-128, about 0.15-0.2 ms; BLAKE3 was 2-3x slower) and the first touch of a fresh",
+        "  private mapping pays a page fault per 4 KiB page (MADV_POPULATE_READ did not help). With the touch",
+        "  common to both, 3x would need load + touch under 0.2 ms, less than the touch alone. Better ratios need",
+        "  dropping the per-load hash pass (e.g. verifying each immutable, content-addressed file once per",
+        "  process); not done, since the issue asks for the check on every load.",
+        "- **CEM (target 5x, missed: about 3x).** 9,216 normal draws per iteration dominate (rand_distr's",
+        "  ziggurat on xoshiro256++, split over the 2 cores in 4 fixed blocks so results do not depend on the",
+        "  thread count); NumPy's `standard_normal` is about 3.5x slower per draw on this CPU and its Python",
+        "  call overhead is the rest. A faster sampler (f32 ziggurat, SIMD generator) is the next step.",
+        "- The machine is shared with other sessions (see the load average): rounds vary by up to 2x; the",
+        "  tokenization table uses each implementation's fastest round as its speed and shows the mean too.",
+        "",
+    ]
     if machine:
         lines += ["## Machine", "", "```", json.dumps(machine, indent=1), "```", ""]
     lines += [

@@ -338,10 +338,6 @@ impl Store {
             // SAFETY: a private mapping; store files are never modified in place (only created
             // by rename and unlinked), so the mapped bytes cannot change under us.
             let map = unsafe { MmapOptions::new().map_copy(&f) }.at(&path)?;
-            // One call maps every page (read-only until written) instead of a fault per page;
-            // kernels before 5.14 lack it, and then the pages fault in as usual.
-            #[cfg(target_os = "linux")]
-            let _ = map.advise(memmap2::Advice::PopulateRead);
             (entry, map, path)
         };
         let hash = content_hash(&map);
