@@ -319,3 +319,30 @@ def test_gradients_reach_every_parameter_and_training_reduces_loss():
         loss.backward()
         opt.step()
     assert loss.item() < first - 0.5
+
+
+def test_peft_on_transmamba_acts_on_the_ssm_path_only():
+    """State-offset Tuning reaches TransMamba through its SSM path: tokens before every layer's TransPoint use
+    attention only and are untouched; later tokens change; generation equals the parallel forward."""
+    from ssm_offset.models import TransMambaConfig, TransMambaForCausalLM
+    from ssm_offset.peft import config_for, get_peft_model
+
+    torch.manual_seed(0)
+    cfg = TransMambaConfig(vocab_size=64, hidden_size=32, state_size=16, num_hidden_layers=2, num_heads=4, head_dim=16,
+                           n_groups=1, chunk_size=8, transpoints_train=[4, 8], transpoints_infer=[4, 8])
+    x = torch.randint(0, 64, (2, 12))
+    for name in ("state-offset-h", "state-offset-y", "initial-state", "lora-inout", "svf", "bitfit", "prompt"):
+        model = get_peft_model(TransMambaForCausalLM(cfg).eval(), config_for(name))
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.add_(torch.randn_like(p) * 0.1)
+            adapted = model(x).logits
+            with model.disable_adapter():
+                base = model(x).logits
+            if name.startswith("state-offset"):
+                torch.testing.assert_close(adapted[:, :4], base[:, :4], rtol=0, atol=0)
+            assert (adapted[:, 4:] - base[:, 4:]).abs().max() > 1e-3, name
+            new = model.generate([x[0, :5]], max_new_tokens=8, eos_token_id=[])[0]
+            parallel = model(torch.cat([x[0, :5], new])[None]).logits[0, 4:-1].argmax(-1)
+        assert parallel.tolist() == new.tolist(), name

@@ -214,7 +214,22 @@ class PeftModel(nn.Module):
 
     # -- forward and generation ---------------------------------------------------------------------------------
     def forward(self, input_ids=None, labels=None, cache=None, use_cache: bool = False, inputs_embeds=None,
-                attention_mask=None, **kwargs):
+                attention_mask=None, num_items_in_batch=None, **kwargs):
+        """The base model's forward with the active adapter. `num_items_in_batch` is what `transformers.Trainer`
+        passes to a model that takes **kwargs: the loss then is the token sum over that count (its gradient
+        accumulation normalises by the whole accumulated batch)."""
+        out = self._forward(input_ids=input_ids, labels=labels, cache=cache, use_cache=use_cache,
+                            inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
+        if num_items_in_batch is not None and labels is not None:
+            logits = out["logits"]
+            total = torch.nn.functional.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1).to(logits.device),
+                ignore_index=-100, reduction="sum")
+            out["loss"] = total / num_items_in_batch
+        return out
+
+    def _forward(self, input_ids=None, labels=None, cache=None, use_cache: bool = False, inputs_embeds=None,
+                 attention_mask=None, **kwargs):
         kind = self.virtual_tokens.kind()
         fresh = cache is None or cache.is_fresh
         if kind is None or not fresh:

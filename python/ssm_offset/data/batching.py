@@ -1,0 +1,156 @@
+"""From tokenized examples to model inputs: datasets of examples, padding, packing with document boundaries,
+plain-text LM blocks, and the (seeded, resumable) batch order.
+
+An example is a dict of 1-D integer sequences: `input_ids`, `labels` (-100 where no loss is taken) and, for
+packed rows, `seq_idx` (the document index of each position). A batch is the same dict of (batch, L) tensors.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .tokenize import DataError
+
+Example = Dict[str, np.ndarray]
+
+
+class Examples(Sequence):
+    """Examples held as flat arrays (what `Tokenizer.encode_pairs` returns): item i is
+    {input_ids, labels}[offsets[i]:offsets[i+1]]."""
+
+    def __init__(self, arrays: Mapping[str, np.ndarray], source: str = "dataset"):
+        if "offsets" not in arrays:
+            raise ValueError("Examples need the flat layout (encode_pairs without padded=True)")
+        self.input_ids = np.asarray(arrays["input_ids"], dtype=np.int64)
+        self.labels = np.asarray(arrays.get("labels", arrays["input_ids"]), dtype=np.int64)
+        self.offsets = np.asarray(arrays["offsets"], dtype=np.int64)
+        if len(self.offsets) < 2:
+            raise DataError(f"{source}: no examples (the dataset is empty, or every record was dropped)")
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i: int) -> Example:
+        a, b = self.offsets[i], self.offsets[i + 1]
+        return {"input_ids": self.input_ids[a:b], "labels": self.labels[a:b]}
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+
+class Blocks(Sequence):
+    """Fixed-length LM blocks (n, block_size): the labels are the inputs (the model shifts them)."""
+
+    def __init__(self, blocks: np.ndarray, source: str = "corpus"):
+        self.blocks = np.asarray(blocks, dtype=np.int64)
+        if self.blocks.ndim != 2 or len(self.blocks) == 0:
+            raise DataError(f"{source}: no complete block of tokens (a corpus shorter than one block?)")
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def __getitem__(self, i: int) -> Example:
+        return {"input_ids": self.blocks[i], "labels": self.blocks[i]}
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.full(len(self.blocks), self.blocks.shape[1])
+
+
+def pack(examples: Sequence[Example], max_length: int) -> List[Example]:
+    """Packs examples, in order, into rows of at most `max_length` tokens (first fit on the open row), each
+    position tagged with its document's index in the row (`seq_idx`). The model resets the SSM state and
+    the conv window at each document start, so a packed row computes what its examples would alone, and
+    the label at a document's first position is -100 (nothing before it may predict it)."""
+    rows: List[Example] = []
+    cur: List[Example] = []
+    used = 0
+
+    def close():
+        if cur:
+            seq = np.concatenate([np.full(len(e["input_ids"]), j, dtype=np.int64) for j, e in enumerate(cur)])
+            labels = []
+            for e in cur:
+                lab = np.array(e["labels"], dtype=np.int64)
+                lab[0] = -100
+                labels.append(lab)
+            rows.append({"input_ids": np.concatenate([e["input_ids"] for e in cur]).astype(np.int64),
+                         "labels": np.concatenate(labels), "seq_idx": seq})
+
+    for e in examples:
+        n = len(e["input_ids"])
+        if n > max_length:
+            raise DataError(f"pack: an example of {n} tokens exceeds max_length {max_length}; truncate or drop first")
+        if used + n > max_length:
+            close()
+            cur, used = [], 0
+        cur.append(e)
+        used += n
+    close()
+    return rows
+
+
+def collate(examples: Sequence[Example], pad_id: int = 0) -> Dict[str, torch.Tensor]:
+    """Right-pads to the longest example: input_ids with `pad_id`, labels with -100, seq_idx with its last
+    value (padding continues the last document and is never a target)."""
+    width = max(len(e["input_ids"]) for e in examples)
+    n = len(examples)
+    ids = np.full((n, width), pad_id, dtype=np.int64)
+    labels = np.full((n, width), -100, dtype=np.int64)
+    seq = np.zeros((n, width), dtype=np.int64) if "seq_idx" in examples[0] else None
+    for i, e in enumerate(examples):
+        k = len(e["input_ids"])
+        ids[i, :k] = e["input_ids"]
+        labels[i, :k] = e["labels"]
+        if seq is not None:
+            seq[i, :k] = e["seq_idx"]
+            seq[i, k:] = e["seq_idx"][-1] if k else 0
+    batch = {"input_ids": torch.from_numpy(ids), "labels": torch.from_numpy(labels)}
+    if seq is not None:
+        batch["seq_idx"] = torch.from_numpy(seq)
+    return batch
+
+
+def target_count(example: Example) -> int:
+    """Tokens the loss is taken on: labels at positions 1.. that are not -100 (position t predicts t+1)."""
+    return int((np.asarray(example["labels"][1:]) != -100).sum())
+
+
+def lengths_of(data: Sequence[Example]) -> np.ndarray:
+    lengths = getattr(data, "lengths", None)
+    if lengths is not None:
+        return np.asarray(lengths)
+    return np.array([len(e["input_ids"]) for e in data])
+
+
+def epoch_batches(num_examples: int, batch_size: int, seed: int, epoch: int, lengths: Optional[np.ndarray] = None,
+                  min_last: int = 1) -> List[List[int]]:
+    """The batches of one epoch, as index lists; a pure function of (seed, epoch), so a resumed run continues
+    with the same order. With `lengths`, batches are length-bucketed: the shuffled indices are cut into
+    megabatches of 50 batches, each sorted by length before being cut into batches, and the batch order is
+    shuffled again. A last batch smaller than `min_last` is dropped."""
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(num_examples)
+    if lengths is not None:
+        mega = batch_size * 50
+        order = np.concatenate([
+            chunk[np.argsort(-lengths[chunk], kind="stable")] for chunk in np.split(order, range(mega, len(order), mega))
+        ]) if len(order) else order
+    batches = [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]
+    if batches and len(batches[-1]) < min_last:
+        batches.pop()
+    if lengths is not None:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return batches
+
+
+def split_batch(indices: List[int], parts: int) -> List[List[int]]:
+    """A global batch cut into `parts` micro-batches as evenly as possible (rank r of a world of w, micro-step
+    k of a accumulation steps takes part k·w + r)."""
+    return [a.tolist() for a in np.array_split(np.asarray(indices, dtype=np.int64), parts)]
+
+
+__all__ = ["Examples", "Blocks", "pack", "collate", "target_count", "epoch_batches", "split_batch", "lengths_of"]
