@@ -10,13 +10,13 @@ paper's reward), and descend −(r − b)·log π_θ(ŷ|x) + λ·Σ_t KL_t, with
 reduction; `baseline=None` for the plain estimator) and KL_t the exact KL between the adapted and the base
 next-token distributions at each answer position.
 
-Cross-entropy training will run on `ssm_offset.train.Trainer` (branch `train`) once that lands; until then
-`fit_cross_entropy` is the one plain loop here, and `train_expert(trainer=...)` takes any callable that
-trains the active adapter of a PeftModel on a FewShotSet-shaped dataset.
+Cross-entropy training runs on `ssm_offset.train.Trainer`; `train_expert(trainer=...)` takes any other callable
+that trains the active adapter of a PeftModel on a FewShotSet.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
@@ -51,23 +51,26 @@ def _trainable(model: PeftModel) -> List[torch.nn.Parameter]:
 
 
 def fit_cross_entropy(model: torch.nn.Module, data: FewShotSet, steps: int, lr: float = 1e-3, batch_size: int = 8,
-                      seed: int = 0, weight_decay: float = 0.0) -> TrainStats:
-    """AdamW on the label-token cross-entropy of random mini-batches: whatever `model` leaves trainable (a
-    PeftModel: its active adapter; a plain model: every weight)."""
-    g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(_trainable(model), lr=lr, weight_decay=weight_decay)
-    device = model.lm_head.weight.device
-    losses = []
-    model.train()
-    for _ in range(steps):
-        idx = torch.randint(0, len(data), (min(batch_size, len(data)),), generator=g)
-        ids, labels = data.input_ids[idx].to(device), data.labels[idx].to(device)
-        width = int((labels != -100).nonzero()[:, 1].max()) + 1
-        loss = model(ids[:, :width], labels=labels[:, :width]).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+                      seed: int = 0, weight_decay: float = 0.0, **trainer_config) -> TrainStats:
+    """Label-token cross-entropy with AdamW, constant lr, on what `model` leaves trainable (a PeftModel: its
+    active adapter; a plain model: every weight) — through `ssm_offset.train.Trainer`; `trainer_config` adds
+    TrainConfig fields (e.g. output_dir to keep its logs and checkpoints)."""
+    import tempfile
+
+    from ..train import Trainer, TrainConfig, read_log
+
+    examples = []
+    for ids, labels in zip(data.input_ids, data.labels):
+        end = int((labels != -100).nonzero()[:, 0].max()) + 1  # right padding dropped; the Trainer collates
+        examples.append({"input_ids": ids[:end], "labels": labels[:end]})
+    with tempfile.TemporaryDirectory(prefix="ssm-offset-expert-") as tmp:
+        config = TrainConfig(**{
+            "output_dir": tmp, "max_steps": steps, "batch_size": min(batch_size, len(examples)), "lr": lr,
+            "weight_decay": weight_decay, "schedule": "constant", "seed": seed, "progress": False,
+            "tensorboard": False, "resume": False, "max_grad_norm": 0.0, "precision": "fp32", **trainer_config})
+        Trainer(model, config, examples).train()
+        log = Path(config.output_dir) / "log.jsonl"
+        losses = [r["loss"] for r in read_log(log) if "loss" in r and "step" in r] if log.is_file() else []
     model.eval()
     return TrainStats(losses, [], [])
 
