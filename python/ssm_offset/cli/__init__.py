@@ -5,10 +5,10 @@ import argparse
 import sys
 from typing import List, Optional
 
-from . import build_kernels, compare, demo, evaluate, generate, info, methods, pretrain, train
+from . import adapt, build_kernels, compare, demo, evaluate, experts, generate, info, methods, pretrain, train
 
 # Subcommand modules expose `register(subparsers)`; each sets `func` on its parser.
-_SUBCOMMANDS = [info, demo, train, evaluate, generate, pretrain, compare, methods, build_kernels]
+_SUBCOMMANDS = [info, demo, train, evaluate, generate, pretrain, compare, methods, experts, adapt, build_kernels]
 
 
 def build_parser() -> argparse.ArgumentParser:

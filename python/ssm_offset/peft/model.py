@@ -3,7 +3,7 @@
     get_peft_model(model, config)            wrap (ssm-offset's models, or transformers' Mamba / Mamba-2)
     PeftModel.from_pretrained(base, dir)     load adapter_config.json + adapter_model.safetensors
     .save_pretrained(dir)                    write them (atomically; extra adapters in dir/<name>/)
-    .add_adapter / .set_adapter / .delete_adapter / .load_adapter
+    .add_adapter / .set_adapter / .delete_adapter / .load_adapter / .load_adapter_state
     .disable_adapter()                       context manager: the base model's outputs
     .row_adapters(names[, weights])          context manager: each batch row its own adapter or mixture
     .merge_and_unload()                      LoRA, BitFit, SVF, SDT, full; an error naming the others
@@ -16,7 +16,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Union
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -155,9 +155,14 @@ class PeftModel(nn.Module):
                 layer.disabled = False
 
     @contextlib.contextmanager
-    def row_adapters(self, adapters: Sequence[str], weights: Optional[torch.Tensor] = None) -> Iterator[None]:
+    def row_adapters(self, adapters: Sequence[str],
+                     weights: Union[torch.Tensor, Mapping[str, torch.Tensor], None] = None) -> Iterator[None]:
         """Give each batch row its own adapter (`adapters`: one name per row) or its own mixture
         (`adapters`: K names, `weights`: (batch, K), row b uses Σ_k weights[b, k] · adapter_k).
+
+        `weights` may also be a mapping {adapter layer path: (batch, K)} (paths as in `adapter_layers()`):
+        each layer then mixes with its own weights (Transformer²'s one α per expert per matrix). Every layer
+        that holds these adapters must be in the mapping, and all tensors must have the same shape.
 
         State offsets, y offsets, initial states, SVF vectors and LoRA mix this way, in one forward; each row's
         result equals running that row alone with the mixed adapter (or, for LoRA, the mixed updates).
@@ -170,19 +175,29 @@ class PeftModel(nn.Module):
             weights = torch.zeros(len(names), len(unique))
             weights[torch.arange(len(names)), torch.tensor([unique.index(n) for n in names])] = 1.0
             names = unique
-        elif weights.dim() != 2 or weights.shape[1] != len(names):
-            raise ValueError(f"weights: got shape {tuple(weights.shape)}, expected (batch, {len(names)})")
-        layers = [l for l in self.adapter_layers().values() if set(names) & set(l.adapter_names())]
-        for layer in layers:
+        per_layer = isinstance(weights, Mapping)
+        shapes = {tuple(w.shape) for w in (weights.values() if per_layer else [weights])}
+        if len(shapes) != 1 or any(len(s) != 2 or s[1] != len(names) for s in shapes):
+            raise ValueError(f"weights: got shape(s) {sorted(shapes)}, expected (batch, {len(names)})")
+        layers = {p: l for p, l in self.adapter_layers().items() if set(names) & set(l.adapter_names())}
+        for path, layer in layers.items():
             missing = set(names) - set(layer.adapter_names())
             if missing:
                 raise AdapterError(f"{type(layer).__name__}: adapters {sorted(missing)} have no entry here; "
                                    "row mixtures need adapters of the same method")
-            set_rows(layer, names, weights)
+            if per_layer and path not in weights:
+                raise AdapterError(f"weights: no entry for adapter layer {path!r}; per-layer weights need one for "
+                                   f"each of {sorted(layers)}")
+        if per_layer:
+            unknown = sorted(set(weights) - set(layers))
+            if unknown:
+                raise AdapterError(f"weights: {unknown} are not adapter layers holding {names}")
+        for path, layer in layers.items():
+            set_rows(layer, names, weights[path] if per_layer else weights)
         try:
             yield
         finally:
-            for layer in layers:
+            for layer in layers.values():
                 set_rows(layer, None, None)
 
     def merge_and_unload(self) -> CausalLM:
@@ -303,19 +318,24 @@ class PeftModel(nn.Module):
         path = directory / ADAPTER_FILE
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no adapter weights")
-        loaded = load_file(str(path))
+        self.load_adapter_state(adapter_name, load_file(str(path)), source=str(path))
+
+    def load_adapter_state(self, adapter_name: str, tensors: Mapping[str, torch.Tensor], source: str = "tensors") -> None:
+        """Copy `tensors` ({key of adapter_state_dict: tensor}, e.g. an expert from the adapter store) into an
+        existing adapter; an error lists every missing, unexpected or misshapen tensor."""
+        self._check_name(adapter_name)
         expected = self.adapter_state_dict(adapter_name)
-        problems = [f"missing tensor {k} {tuple(v.shape)}" for k, v in expected.items() if k not in loaded]
-        problems += [f"unexpected tensor {k} {tuple(v.shape)}" for k, v in loaded.items() if k not in expected]
+        problems = [f"missing tensor {k} {tuple(v.shape)}" for k, v in expected.items() if k not in tensors]
+        problems += [f"unexpected tensor {k} {tuple(v.shape)}" for k, v in tensors.items() if k not in expected]
         problems += [
-            f"tensor {k}: file has shape {tuple(loaded[k].shape)}, this model expects {tuple(v.shape)}"
-            for k, v in expected.items() if k in loaded and loaded[k].shape != v.shape
+            f"tensor {k}: file has shape {tuple(tensors[k].shape)}, this model expects {tuple(v.shape)}"
+            for k, v in expected.items() if k in tensors and tensors[k].shape != v.shape
         ]
         if problems:
-            raise AdapterError(f"{path} does not fit this model:\n  " + "\n  ".join(problems))
+            raise AdapterError(f"{source} does not fit this model:\n  " + "\n  ".join(problems))
         with torch.no_grad():
             for k, v in expected.items():
-                v.copy_(loaded[k])
+                v.copy_(tensors[k])
         self.set_adapter(self.active_adapter or adapter_name)
 
 
