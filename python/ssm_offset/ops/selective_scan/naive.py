@@ -51,27 +51,44 @@ def selective_scan_naive(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
     initial_state=None, state_offset=None, y_offset=None, seq_idx=None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Returns (y, final_state); y in u's dtype, the state in fp32 (fp64 for fp64 inputs)."""
+    """Returns (y, final_state); y in u's dtype, the state in fp32 (fp64 for fp64 inputs).
+
+    Channels are viewed as (groups, channels per group) so that B and C broadcast instead of being expanded to
+    (batch, D, N, L); the time loop touches only (batch, D, N) tensors, and everything time-indexed is
+    unbound once, so that autograd through the loop stays linear in L (slicing a large tensor at every step
+    would make each step's backward allocate a gradient of the whole tensor).
+    """
     ct = compute_dtype(u)
     batch, dim, length = u.shape
-    uc = u.to(ct)
-    dt = discretize(delta.to(ct), None if delta_bias is None else delta_bias.to(ct), delta_softplus)
-    Bx = expand_groups(B.to(ct), dim)
-    Cx = expand_groups(C.to(ct), dim)
-    Ac = A.to(ct)
+    nstate = A.shape[1]
+    groups = 1 if B.dim() == 3 else B.shape[1]
+    per = dim // groups
+    grouped = lambda t: t.view(batch, groups, per, *t.shape[2:])  # noqa: E731  (batch, D, …) → (batch, G, D/G, …)
+    bc = lambda t: (t.to(ct)[:, None] if t.dim() == 3 else t.to(ct))[:, :, None]  # noqa: E731  → (batch, G, 1, N, L)
+    uc = grouped(u.to(ct))
+    dt = grouped(discretize(delta.to(ct), None if delta_bias is None else delta_bias.to(ct), delta_softplus))
+    Ag = A.to(ct).view(groups, per, nstate)
+    decay = torch.exp(dt[..., None, :] * Ag[..., None])  # (batch, G, D/G, N, L)
+    drive = (dt * uc)[..., None, :] * bc(B)
     h0 = per_row(initial_state, batch, 2)
-    start = torch.zeros(batch, dim, A.shape[1], dtype=ct, device=u.device) if h0 is None else h0.to(ct)
-    h = start.clone()
+    start = torch.zeros(batch, dim, nstate, dtype=ct, device=u.device) if h0 is None else h0.to(ct)
+    start = grouped(start)
+    h = start
     resets = document_starts(seq_idx)
-    off = per_row(state_offset, batch, 2)
-    ys = []
-    for t in range(length):
+    states = []
+    for t, (a_t, x_t) in enumerate(zip(decay.unbind(-1), drive.unbind(-1))):
         if resets is not None and t > 0:
-            h = torch.where(resets[:, t, None, None], start, h)
-        dt_t = dt[:, :, t, None]
-        h = torch.exp(dt_t * Ac) * h + dt_t * Bx[..., t] * uc[:, :, t, None]
-        read = h if off is None else h + off.to(ct)
-        ys.append((read * Cx[..., t]).sum(-1))
-    y = torch.stack(ys, dim=-1) if ys else uc.new_zeros(batch, dim, 0)
-    y = readout(y, uc, D, z, y_offset)
-    return y.to(u.dtype), h
+            h = torch.where(resets[:, t, None, None, None], start, h)
+        h = a_t * h + x_t
+        states.append(h)
+    Cg = bc(C)
+    if states:
+        y = (torch.stack(states, dim=-1) * Cg).sum(-2).reshape(batch, dim, length)
+    else:
+        y = uc.new_zeros(batch, dim, 0)
+    off = per_row(state_offset, batch, 2)
+    if off is not None:
+        # C_t · h' with h' constant in time: one contraction over N
+        y = y + (grouped(off.to(ct))[..., None] * Cg).sum(-2).reshape(batch, dim, length)
+    y = readout(y, uc.reshape(batch, dim, length), D, z, y_offset)
+    return y.to(u.dtype), h.reshape(batch, dim, nstate).clone()
