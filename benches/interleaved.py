@@ -17,7 +17,7 @@ sys.path.insert(0, HERE)
 
 import torch  # noqa: E402
 from bench_cem import DIM, FITNESS, POP, NumpyCEM  # noqa: E402
-from bench_store import LAYERS, N, D, S, _touch  # noqa: E402
+from bench_store import LAYERS, D, N, S, _touch  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from ssm_offset.adapt import CEM  # noqa: E402
@@ -38,14 +38,14 @@ def interleave(arms, rounds, per_round=1):
 def main():
     out = {}
     rust, ref = CEM(dim=DIM, population=POP, std_floor=1e-3, seed=0), NumpyCEM(DIM, POP)
-    cem = interleave({"rust": lambda: (rust.ask(), rust.tell(FITNESS)), "numpy": lambda: (ref.ask(), ref.tell(FITNESS))}, 4000, 5)
-    out["cem_us"] = {k: v * 1e6 for k, v in cem.items()}
+    arms = {"rust": lambda: (rust.ask(), rust.tell(FITNESS)), "numpy": lambda: (ref.ask(), ref.tell(FITNESS))}
+    out["cem_us"] = {k: v * 1e6 for k, v in interleave(arms, 4000, 5).items()}
     with tempfile.TemporaryDirectory() as root:
         store, files = AdapterStore(os.path.join(root, "store")), []
         g = torch.Generator().manual_seed(0)
         for i in range(N):
             t = {f"layers.{l}.mixer.state_offset": torch.randn(D, S, generator=g).to(torch.bfloat16) for l in range(LAYERS)}
-            store.put(f"expert{i}", t)
+            store.put(f"expert{i}", t, {"peft_type": "STATE_OFFSET"})
             files.append(os.path.join(root, f"expert{i}.safetensors"))
             save_file(t, files[-1])
         path = os.path.join(root, "store")

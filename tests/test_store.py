@@ -53,7 +53,7 @@ def test_get_is_zero_copy_and_copy_on_write(tmp_path):
     # The tensor's memory lies inside the file mapping that the core hands out, which owns it.
     buf, locs, _ = store._store.get("a")
     assert isinstance(buf.base, _core.MappedFile)
-    (_, _, _, start, end) = locs[0]
+    (_, _, _, _, start, end) = locs[0]
     t_again, _, _ = store.get("a")
     assert end - start == 4096
     assert t_again["w"].untyped_storage().nbytes() == buf.nbytes  # a view of the whole mapping, no copy
@@ -219,3 +219,19 @@ def test_read_only_store_can_be_read(tmp_path):
         assert torch.equal(AdapterStore(tmp_path / "s", create=False).get("a")[0]["w"], torch.ones(3))
     finally:
         os.chmod(tmp_path / "s", 0o755)
+
+
+def test_verify_once_still_catches_a_file_written_in_place(tmp_path):
+    AdapterStore(tmp_path).put("a", {"w": torch.ones(64)})
+    store = AdapterStore(tmp_path, verify="once")
+    assert torch.equal(store.get("a")[0]["w"], torch.ones(64))
+    assert torch.equal(store.get("a")[0]["w"], torch.ones(64))  # hash remembered
+    path = _only_file(tmp_path)
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))  # same size, new ctime
+    with pytest.raises(CorruptFileError, match="content hash"):
+        store.get("a")
+    assert len(store.verify()) == 1
+    with pytest.raises(ValueError, match="verify must be"):
+        AdapterStore(tmp_path, verify="never")

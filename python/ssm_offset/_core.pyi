@@ -2,7 +2,7 @@
 
 from os import PathLike
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -27,7 +27,9 @@ class MappedFile:
     """Owner of a private (copy-on-write) file mapping; arrays returned by `Store.get` borrow it."""
 
 class Store:
-    def __init__(self, path: str | PathLike[str], create: bool = True) -> None: ...
+    def __init__(
+        self, path: str | PathLike[str], create: bool = True, verify: Literal["always", "once"] = "always"
+    ) -> None: ...
     @property
     def root(self) -> str: ...
     def put(
@@ -46,7 +48,7 @@ class Store:
     ) -> dict[str, Any]: ...
     def get(
         self, name: str, check_finite: bool = False
-    ) -> tuple[npt.NDArray[np.uint8], list[tuple[str, str, list[int], int, int]], dict[str, Any]]: ...
+    ) -> tuple[npt.NDArray[np.uint8], list[tuple[str, str, tuple[int, ...], tuple[int, ...], int, int]], dict[str, Any]]: ...
     def list(
         self, tag: str | None = None, method: str | None = None, base_fingerprint: str | None = None
     ) -> list[dict[str, Any]]: ...

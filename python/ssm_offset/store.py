@@ -91,10 +91,22 @@ def base_fingerprint(config: Mapping[str, Any], state_dict: Mapping[str, Any] | 
 
 
 class AdapterStore:
-    """A directory of adapters. Safe to use from several processes at once."""
+    """A directory of adapters. Safe to use from several processes at once.
 
-    def __init__(self, path: str | os.PathLike[str], create: bool = True) -> None:
-        self._store = _core.Store(os.fspath(path), create)
+    `verify` says when `get` checks an adapter file's content hash (a full pass over its bytes):
+    `"always"` (the default) on every load; `"once"` on the first load of each file in this
+    process, then again only if the file's identity changes. Store files are immutable and named
+    by their content hash, so a file that hashed correctly is remembered by (device, inode, size,
+    mtime, ctime, content hash); any write to it through the file system changes its ctime, which
+    programs cannot set back, and makes the next load hash it again. `"once"` does not catch
+    corruption that bypasses the file system after the first check (a failing disk, writes to
+    the raw device). Either way every load checks the file's structure, size and tensor list
+    against the index, and `verify()` always hashes every file."""
+
+    def __init__(
+        self, path: str | os.PathLike[str], create: bool = True, verify: Literal["always", "once"] = "always"
+    ) -> None:
+        self._store = _core.Store(os.fspath(path), create, verify)
 
     @property
     def root(self) -> str:
@@ -151,21 +163,20 @@ class AdapterStore:
             dtypes = _torch_dtypes()
             base = torch.from_numpy(buf)
             typed: dict[str, Any] = {}
-            for tname, dtype, shape, start, end in locs:
-                td = dtypes[dtype]
-                if dtype not in typed:  # one typed view of the whole mapping per dtype
+            as_strided = torch.as_strided
+            for tname, dtype, shape, strides, start, end in locs:
+                view = typed.get(dtype)
+                if view is None:  # one typed view of the whole mapping per dtype
+                    td = dtypes[dtype]
                     size = td.itemsize
-                    typed[dtype] = base[: len(buf) // size * size].view(td)
-                size = td.itemsize
-                strides = [1] * len(shape)
-                for i in range(len(shape) - 2, -1, -1):
-                    strides[i] = strides[i + 1] * shape[i + 1]
+                    view = typed[dtype] = (base[: len(buf) // size * size].view(td), size)
+                whole, size = view
                 if start % size:  # never for files the store writes (safetensors aligns them)
-                    tensors[tname] = base[start:end].clone().view(td).view(shape)
+                    tensors[tname] = base[start:end].clone().view(whole.dtype).view(shape)
                 else:
-                    tensors[tname] = torch.as_strided(typed[dtype], shape, strides, start // size)
+                    tensors[tname] = as_strided(whole, shape, strides, start // size)
         elif as_ == "numpy":
-            for tname, dtype, shape, start, end in locs:
+            for tname, dtype, shape, _, start, end in locs:
                 if dtype not in _NP:
                     raise TypeError(f"tensor {tname!r} of adapter {name!r} has dtype {dtype}, which numpy lacks; use as_='torch'")
                 tensors[tname] = buf[start:end].view(_NP[dtype]).reshape(shape)

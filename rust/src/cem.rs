@@ -7,13 +7,19 @@
 //! parameterisation: `Box` clamps θ to the bounds (the paper's choice; θ is clamped in place, so
 //! the Gaussian is refitted to clamped samples), `Simplex` maps each row through a softmax.
 //! The state is plain data (serde), so a search can be saved and resumed bit for bit.
-use rand::{RngCore, SeedableRng};
-use rand_distr::{Distribution, StandardNormal};
+//!
+//! Sampling dominates an iteration's cost; [`fill_standard_normal`] is a batch ziggurat that
+//! draws two normals per 64-bit generator output, run on the calling thread in a fixed number of
+//! blocks (so a seed gives the same run whatever the thread count). States saved before this
+//! sampler existed (same format) still load, but continue with its random stream.
+use rand::{Rng, RngCore, SeedableRng};
+use rand_distr::{Distribution, Open01, StandardNormal};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::ziggurat_tables::{ZIG_NORM_F, ZIG_NORM_R, ZIG_NORM_X};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -143,12 +149,95 @@ pub struct Cem {
     /// θ of the population handed out by `ask` and not yet told (row-major, population × dim).
     pending: Option<Vec<f64>>,
     rng: Xoshiro256PlusPlus,
+    /// The buffer of the last population told, reused by the next `ask` (not part of the state).
+    #[serde(skip)]
+    spare: Spare,
+}
+
+/// A reusable buffer that takes no part in comparisons or serialisation.
+#[derive(Debug, Clone, Default)]
+struct Spare(Option<Vec<f64>>);
+
+impl PartialEq for Spare {
+    fn eq(&self, _: &Spare) -> bool {
+        true
+    }
+}
+
+/// Position in [-1, 1) of a 32-bit draw's upper 24 bits (a multiple of 2^-23).
+#[inline(always)]
+fn zig_u(b: u32) -> f64 {
+    ((b >> 8) as i32 - (1 << 23)) as f64 * (1.0 / (1u32 << 23) as f64)
+}
+
+/// The rare draw that falls outside the ziggurat's rectangles (about 1.2%): the exact ZIGNOR
+/// slow path (tail or wedge test) with full-precision uniforms, as `rand_distr` does it, then a
+/// fresh `rand_distr` draw if the test rejects.
+#[cold]
+#[inline(never)]
+fn zig_slow(rng: &mut Xoshiro256PlusPlus, b: u32) -> f64 {
+    let i = (b & 0xff) as usize;
+    let u = zig_u(b);
+    let x = u * ZIG_NORM_X[i];
+    if i == 0 {
+        let (mut tx, mut ty) = (1.0f64, 0.0f64);
+        while -2.0 * ty < tx * tx {
+            let a: f64 = rng.sample(Open01);
+            let c: f64 = rng.sample(Open01);
+            tx = a.ln() / ZIG_NORM_R;
+            ty = c.ln();
+        }
+        return if u < 0.0 {
+            tx - ZIG_NORM_R
+        } else {
+            ZIG_NORM_R - tx
+        };
+    }
+    if ZIG_NORM_F[i + 1] + (ZIG_NORM_F[i] - ZIG_NORM_F[i + 1]) * rng.random::<f64>()
+        < (-x * x / 2.0).exp()
+    {
+        return x;
+    }
+    StandardNormal.sample(rng)
+}
+
+/// One standard normal draw from 32 random bits, or the slow path.
+#[inline(always)]
+fn zig_one(rng: &mut Xoshiro256PlusPlus, b: u32) -> f64 {
+    let i = (b & 0xff) as usize;
+    let x = zig_u(b) * ZIG_NORM_X[i];
+    if x.abs() < ZIG_NORM_X[i + 1] {
+        x
+    } else {
+        zig_slow(rng, b)
+    }
+}
+
+/// Fills `out` with standard normal draws: the ZIGNOR ziggurat (Doornik 2005) on `rand_distr`'s
+/// 256-layer tables, fed 32 bits per draw (8 choose the layer, 24 the position in it, so values
+/// within a layer are spaced 2^-23 of its width apart: float32-like resolution), which makes one
+/// 64-bit output of the generator two draws. This halves the generator's share of the cost, which
+/// is most of an iteration's. The slow path keeps full precision.
+pub fn fill_standard_normal(rng: &mut Xoshiro256PlusPlus, out: &mut [f64]) {
+    let mut pairs = out.chunks_exact_mut(2);
+    for p in &mut pairs {
+        let b = rng.next_u64();
+        let (lo, hi) = (b as u32, (b >> 32) as u32);
+        p[0] = zig_one(rng, lo);
+        p[1] = zig_one(rng, hi);
+    }
+    for o in pairs.into_remainder() {
+        let b = rng.next_u64() as u32;
+        *o = zig_one(rng, b);
+    }
 }
 
 /// Blocks of rows sampled independently (fixed, so results do not depend on the thread count).
 const SAMPLE_BLOCKS: usize = 4;
-/// Below this many values, sampling stays on the calling thread.
-const PARALLEL_MIN: usize = 4096;
+/// Below this many values, sampling stays on the calling thread: handing blocks to the rayon pool
+/// costs a wake-up of its threads (10-20 us measured on a loaded 2-core machine), more than
+/// sampling ten thousand values takes (about 2 ns each).
+const PARALLEL_MIN: usize = 1 << 16;
 
 /// Format tag of serialised states.
 const STATE_FORMAT: &str = "ssm-offset-cem-v1";
@@ -170,6 +259,7 @@ impl Cem {
             best: None,
             pending: None,
             rng: Xoshiro256PlusPlus::seed_from_u64(config.seed),
+            spare: Spare::default(),
             config,
         })
     }
@@ -215,15 +305,21 @@ impl Cem {
             // blocks of rows, each with its own generator seeded from the main one, so that the
             // result does not depend on how many threads run the blocks.
             let seeds: Vec<u64> = (0..SAMPLE_BLOCKS).map(|_| self.rng.next_u64()).collect();
-            let mut theta = vec![0.0; n * d];
+            // The buffer of the last population, if any: same size, so no allocation or memset.
+            let mut theta = self.spare.0.take().unwrap_or_default();
+            theta.resize(n * d, 0.0);
             let rows_per_block = n.div_ceil(SAMPLE_BLOCKS);
-            let (mean, std) = (&self.mean, &self.std);
+            let (mean, std, bounds) = (&self.mean, &self.std, self.config.bounds);
             let fill = |(block, seed): (&mut [f64], &u64)| {
                 let mut rng = Xoshiro256PlusPlus::seed_from_u64(*seed);
+                fill_standard_normal(&mut rng, block);
                 for row in block.chunks_exact_mut(d) {
-                    for ((t, &m), &s) in row.iter_mut().zip(mean).zip(std) {
-                        let z: f64 = StandardNormal.sample(&mut rng);
-                        *t = m + s * z;
+                    let rows = row.iter_mut().zip(mean).zip(std);
+                    match bounds {
+                        Some((lo, hi)) => {
+                            rows.for_each(|((t, &m), &s)| *t = (m + s * *t).clamp(lo, hi))
+                        }
+                        None => rows.for_each(|((t, &m), &s)| *t = m + s * *t),
                     }
                 }
             };
@@ -238,15 +334,15 @@ impl Cem {
                     .zip(&seeds)
                     .for_each(fill);
             }
-            if let Some((lo, hi)) = self.config.bounds {
-                theta.iter_mut().for_each(|t| *t = t.clamp(lo, hi));
-            }
             if let (true, Some(b)) = (self.config.keep_best, &self.best) {
                 theta[..d].copy_from_slice(&b.theta);
             }
             self.pending = Some(theta);
         }
         let theta = self.pending.as_ref().unwrap();
+        if self.config.param == Param::Box {
+            return theta.clone();
+        }
         let mut x = vec![0.0; n * d];
         for (xr, tr) in x.chunks_exact_mut(d).zip(theta.chunks_exact(d)) {
             self.transform(tr, xr);
@@ -284,20 +380,26 @@ impl Cem {
         let k = self.config.n_elite();
         let s = self.config.smoothing;
         let inv_k = 1.0 / k as f64;
+        // Row by row (contiguous, vectorised); per coordinate the sums run over the elites in
+        // rank order, as a column-by-column loop would.
+        let row = |i: usize| &theta[i * d..(i + 1) * d];
+        let mut m = vec![0.0; d];
+        for &i in &order[..k] {
+            m.iter_mut().zip(row(i)).for_each(|(a, &t)| *a += t);
+        }
+        m.iter_mut().for_each(|a| *a *= inv_k);
+        let mut v = vec![0.0; d];
+        for &i in &order[..k] {
+            v.iter_mut().zip(row(i)).zip(&m).for_each(|((a, &t), &mj)| {
+                let e = t - mj;
+                *a += e * e;
+            });
+        }
+        let floor = self.config.std_floor;
         for j in 0..d {
-            let mut m = 0.0;
-            for &i in &order[..k] {
-                m += theta[i * d + j];
-            }
-            m *= inv_k;
-            let mut v = 0.0;
-            for &i in &order[..k] {
-                let e = theta[i * d + j] - m;
-                v += e * e;
-            }
-            let sd = (v * inv_k).sqrt();
-            self.mean[j] = s * self.mean[j] + (1.0 - s) * m;
-            self.std[j] = (s * self.std[j] + (1.0 - s) * sd).max(self.config.std_floor);
+            let sd = (v[j] * inv_k).sqrt();
+            self.mean[j] = s * self.mean[j] + (1.0 - s) * m[j];
+            self.std[j] = (s * self.std[j] + (1.0 - s) * sd).max(floor);
         }
         let top = order[0];
         if fitness[top].is_finite()
@@ -316,6 +418,7 @@ impl Cem {
             });
         }
         self.iteration += 1;
+        self.spare.0 = Some(theta);
         Ok(())
     }
 

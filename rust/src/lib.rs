@@ -5,6 +5,7 @@ pub mod error;
 pub mod fuzzing;
 pub mod store;
 pub mod tokenize;
+mod ziggurat_tables;
 
 #[cfg(feature = "python")]
 mod python;

@@ -299,3 +299,21 @@ proptest! {
         let _ = Index::parse(&bytes, Path::new("index.json"));
     }
 }
+
+#[test]
+fn verify_once_hashes_again_when_the_file_is_written_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, p) = one_adapter(dir.path());
+    let s = s.with_verify(store::Verify::Once);
+    s.get("x", false).unwrap();
+    s.get("x", false).unwrap(); // remembered: not hashed again
+    let mut bad = fs::read(&p).unwrap();
+    let n = bad.len();
+    bad[n - 1] ^= 0x40;
+    // Same size, written in place: the ctime changes, so the next load hashes the file again.
+    fs::write(&p, &bad).unwrap();
+    let e = s.get("x", false).unwrap_err();
+    assert!(e.to_string().contains("content hash"), "{e}");
+    // `verify` always hashes.
+    assert_eq!(s.verify(false).unwrap().len(), 1);
+}

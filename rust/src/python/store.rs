@@ -3,10 +3,10 @@ use std::path::PathBuf;
 use numpy::ndarray::ArrayView1;
 use numpy::{PyArray1, PyReadonlyArray1};
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyDict, PyTuple};
 
 use super::{guard, json_to_py, parse_json, PyResultExt};
-use crate::store::{file::parse_dtype, Filter, PutOptions, Store, TensorIn};
+use crate::store::{file::parse_dtype, Filter, PutOptions, Store, TensorIn, Verify};
 
 /// (name, dtype, shape, bytes as a contiguous 1-D uint8 array)
 type TensorArg<'py> = (String, String, Vec<usize>, PyReadonlyArray1<'py, u8>);
@@ -48,11 +48,20 @@ struct PyStore {
 #[pymethods]
 impl PyStore {
     #[new]
-    #[pyo3(signature = (path, create = true))]
-    fn new(path: PathBuf, create: bool) -> PyResult<Self> {
+    #[pyo3(signature = (path, create = true, verify = "always"))]
+    fn new(path: PathBuf, create: bool, verify: &str) -> PyResult<Self> {
         guard(|| {
+            let verify = match verify {
+                "always" => Verify::Always,
+                "once" => Verify::Once,
+                other => {
+                    return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                        "verify must be 'always' or 'once', got {other:?}"
+                    )))
+                }
+            };
             Ok(PyStore {
-                inner: Store::open(path, create).py()?,
+                inner: Store::open(path, create).py()?.with_verify(verify),
             })
         })
     }
@@ -97,7 +106,7 @@ impl PyStore {
     }
 
     /// Returns (bytes of the whole file as a uint8 array borrowing a private mapping,
-    /// [(name, dtype, shape, start, end)], entry).
+    /// [(name, dtype, shape, strides, start, end)], entry); strides are C-contiguous, in elements.
     #[pyo3(signature = (name, check_finite=false))]
     #[allow(clippy::type_complexity)]
     fn get<'py>(
@@ -107,7 +116,14 @@ impl PyStore {
         check_finite: bool,
     ) -> PyResult<(
         Bound<'py, PyArray1<u8>>,
-        Vec<(String, String, Vec<usize>, usize, usize)>,
+        Vec<(
+            String,
+            String,
+            Bound<'py, PyTuple>,
+            Bound<'py, PyTuple>,
+            usize,
+            usize,
+        )>,
         Py<PyAny>,
     )> {
         guard(|| {
@@ -116,8 +132,23 @@ impl PyStore {
             let locs = loaded
                 .tensors
                 .into_iter()
-                .map(|t| (t.name, t.dtype, t.shape, t.start, t.end))
-                .collect();
+                .map(|t| {
+                    let mut strides = vec![1usize; t.shape.len()];
+                    for i in (0..t.shape.len().saturating_sub(1)).rev() {
+                        strides[i] = strides[i + 1] * t.shape[i + 1];
+                    }
+                    // Tuples, not lists: the garbage collector stops tracking tuples of ints,
+                    // which matters when thousands of tensors are loaded.
+                    Ok((
+                        t.name,
+                        t.dtype,
+                        PyTuple::new(py, t.shape)?,
+                        PyTuple::new(py, strides)?,
+                        t.start,
+                        t.end,
+                    ))
+                })
+                .collect::<PyResult<_>>()?;
             let mut map = loaded.map;
             let (ptr, len) = (map.as_mut_ptr(), map.len());
             let owner = Bound::new(py, MappedFile { map })?;

@@ -91,6 +91,62 @@ pub struct CompactReport {
     pub dropped: Vec<String>,
 }
 
+/// When [`Store::get`] checks the content hash of an adapter file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Verify {
+    /// On every load (the default): one full pass over the file's bytes each time.
+    #[default]
+    Always,
+    /// On the first load of a file in this process, then again only when the file's identity
+    /// changes. Store files are immutable (created by rename, never written in place, and named by
+    /// their content hash); a file that hashed correctly is remembered by (device, inode, size,
+    /// mtime, ctime, content hash), and a later load that finds all six unchanged skips the hash.
+    /// Any write to the file through the file system changes its ctime (which user programs
+    /// cannot set back), so it is hashed again. What this mode does not catch is corruption that
+    /// bypasses the file system after the first check in this process (a failing disk, writes to
+    /// the raw block device). Structure, sizes and the index's tensor list are still checked on
+    /// every load, and [`Store::verify`] always hashes.
+    Once,
+}
+
+/// Identity of a store file whose content hash was checked in this process (see [`Verify::Once`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+fn file_id(m: &fs::Metadata) -> Option<FileId> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let ns = |s: i64, n: i64| s as i128 * 1_000_000_000 + n as i128;
+        Some(FileId {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime_ns: ns(m.mtime(), m.mtime_nsec()),
+            ctime_ns: ns(m.ctime(), m.ctime_nsec()),
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        // Without ctime there is no identity that a write must change: always hash.
+        let _ = m;
+        None
+    }
+}
+
+/// Files hashed correctly in this process: identity -> content hash (see [`Verify::Once`]).
+fn verified() -> &'static Mutex<std::collections::HashMap<FileId, String>> {
+    static V: std::sync::OnceLock<Mutex<std::collections::HashMap<FileId, String>>> =
+        std::sync::OnceLock::new();
+    V.get_or_init(Default::default)
+}
+
 /// Identity of the index file last read, to reuse the parsed index while it is unchanged.
 #[derive(Debug, Clone, PartialEq)]
 struct Stamp {
@@ -114,6 +170,7 @@ fn stamp(m: &fs::Metadata) -> Stamp {
 pub struct Store {
     root: PathBuf,
     limits: Limits,
+    verify: Verify,
     cached: Mutex<Option<(Stamp, Arc<Index>)>>,
 }
 
@@ -181,12 +238,19 @@ impl Store {
         Ok(Store {
             root,
             limits: Limits::default(),
+            verify: Verify::Always,
             cached: Mutex::new(None),
         })
     }
 
     pub fn with_limits(mut self, limits: Limits) -> Self {
         self.limits = limits;
+        self
+    }
+
+    /// When loads check the content hash (default: [`Verify::Always`]).
+    pub fn with_verify(mut self, verify: Verify) -> Self {
+        self.verify = verify;
         self
     }
 
@@ -308,8 +372,13 @@ impl Store {
 
     /// Maps an adapter's file and checks it against its index entry: size, content hash,
     /// safetensors structure and tensor list (an index that lies is caught here).
+    /// The content hash is checked as [`Verify`] says (on every load by default).
     pub fn get(&self, name: &str, check_finite: bool) -> Result<Loaded> {
-        let (entry, map, path) = {
+        self.load(name, check_finite, self.verify)
+    }
+
+    fn load(&self, name: &str, check_finite: bool, verify: Verify) -> Result<Loaded> {
+        let (entry, map, path, id) = {
             let _lock = self.lock(false)?;
             let idx = self.read_index()?;
             let entry = idx
@@ -322,7 +391,8 @@ impl Store {
                 })?;
             let path = self.file_path(&entry);
             let f = File::open(&path).at(&path)?;
-            let len = f.metadata().at(&path)?.len();
+            let meta = f.metadata().at(&path)?;
+            let len = meta.len();
             if len != entry.size {
                 return Err(Error::corrupt(
                     &path,
@@ -338,9 +408,20 @@ impl Store {
             // SAFETY: a private mapping; store files are never modified in place (only created
             // by rename and unlinked), so the mapped bytes cannot change under us.
             let map = unsafe { MmapOptions::new().map_copy(&f) }.at(&path)?;
-            (entry, map, path)
+            let id = match verify {
+                Verify::Once => file_id(&meta),
+                Verify::Always => None,
+            };
+            (entry, map, path, id)
         };
-        let hash = content_hash(&map);
+        let known = id
+            .as_ref()
+            .is_some_and(|id| verified().lock().unwrap().get(id) == Some(&entry.content_hash));
+        let hash = if known {
+            entry.content_hash.clone()
+        } else {
+            content_hash(&map)
+        };
         if hash != entry.content_hash {
             return Err(Error::corrupt(
                 &path,
@@ -358,6 +439,9 @@ impl Store {
                     "adapter {name:?}: the index describes different tensors or name than the file"
                 ),
             ));
+        }
+        if let (Some(id), false) = (id, known) {
+            verified().lock().unwrap().insert(id, hash);
         }
         Ok(Loaded {
             entry,
@@ -394,7 +478,7 @@ impl Store {
         let idx = self.read_index()?;
         let mut problems = Vec::new();
         for (name, e) in &idx.adapters {
-            if let Err(err) = self.get(name, check_finite) {
+            if let Err(err) = self.load(name, check_finite, Verify::Always) {
                 problems.push(Problem {
                     name: Some(name.clone()),
                     path: self.file_path(e),
