@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal
@@ -87,7 +88,19 @@ def base_fingerprint(config: Mapping[str, Any], state_dict: Mapping[str, Any] | 
     if hasattr(config, "to_dict"):
         config = config.to_dict()
     tensors = [_as_bytes(k, v) for k, v in (state_dict or {}).items()]
-    return _core.base_fingerprint(json.dumps(config, default=str), tensors)
+    return _core.base_fingerprint(json.dumps(_json_safe(config), default=str), tensors)
+
+
+def _json_safe(value: Any) -> Any:
+    """Non-finite floats as strings: JSON has none (Mamba-2's time_step_limit holds inf), and the store's
+    fingerprint parses the config as strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 class AdapterStore:

@@ -11,7 +11,6 @@ fingerprint samples the weights).
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 import torch
@@ -56,23 +55,11 @@ def base_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
     return out
 
 
-def _json_safe(value: Any) -> Any:
-    """Non-finite floats as strings: JSON has none (Mamba-2's time_step_limit holds inf), and the store's
-    fingerprint parses the config as strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, Mapping):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def model_fingerprint(model: nn.Module) -> str:
     """The Rust store's fingerprint of the base model under `model` (config + names, shapes, sampled weights)."""
     config = model.config
     config = config.to_hf_dict() if hasattr(config, "to_hf_dict") else config
-    return base_fingerprint(_json_safe(config), base_state_dict(model))
+    return base_fingerprint(config, base_state_dict(model))
 
 
 def save_expert(
