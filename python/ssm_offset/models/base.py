@@ -96,6 +96,16 @@ def ssm_start(cache: Optional[Cache], layer_idx: int, initial_state: Optional[to
     return initial_state
 
 
+def step_state(start: Optional[torch.Tensor], batch: int, shape: Tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    """The state a one-token step starts from: zeros for a fresh sequence, a shared initial state repeated over
+    the batch, or the cached (batch, …) state as it is."""
+    if start is None:
+        return like.new_zeros(batch, *shape, dtype=wide(like).dtype)
+    if start.dim() == len(shape):
+        return wide(start).expand(batch, *shape)
+    return start
+
+
 class Block(nn.Module):
     """Pre-norm residual block: x + mixer(norm(x)); the residual stream is fp32 when residual_in_fp32."""
 

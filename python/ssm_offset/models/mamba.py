@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..ops import selective_scan, selective_scan_step
-from .base import CausalLM, causal_conv, ssm_start, wide
+from .base import CausalLM, causal_conv, ssm_start, step_state, wide
 from .cache import Cache
 from .config import MambaConfig
 
@@ -87,10 +87,7 @@ class MambaMixer(nn.Module):
         A = -torch.exp(wide(self.A_log))
         start = ssm_start(cache, self.layer_idx, initial_state)
         if cache is not None and length == 1:
-            if start is None:
-                start = x.new_zeros(batch, self.intermediate_size, self.state_size, dtype=wide(x).dtype)
-            elif start.dim() == 2:
-                start = wide(start).expand(batch, -1, -1)
+            start = step_state(start, batch, (self.intermediate_size, self.state_size), x)
             y, state = selective_scan_step(
                 start, x[..., 0], delta[..., 0], A, B[:, 0], C[:, 0], D=wide(self.D), z=z[..., 0],
                 delta_softplus=True, state_offset=state_offset, y_offset=y_offset,

@@ -9,7 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..ops import ssd_scan, ssd_step
-from .base import CausalLM, GatedRMSNorm, causal_conv, ssm_start, wide
+from .base import CausalLM, GatedRMSNorm, causal_conv, ssm_start, step_state, wide
 from .cache import Cache
 from .config import Mamba2Config
 
@@ -82,10 +82,7 @@ class Mamba2Mixer(nn.Module):
         common = dict(D=self.D, dt_bias=self.dt_bias, dt_softplus=True, dt_limit=self.time_step_limit,
                       state_offset=state_offset, y_offset=y_offset)
         if cache is not None and length == 1:
-            if start is None:
-                start = x.new_zeros(batch, h, p, n, dtype=wide(x).dtype)
-            elif start.dim() == 3:
-                start = wide(start).expand(batch, -1, -1, -1)
+            start = step_state(start, batch, (h, p, n), x)
             y, state = ssd_step(start, x[:, 0], dt[:, 0], A, B[:, 0], C[:, 0], **common)
             y = y[:, None]
         else:

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from ..ops import ssd_scan, ssd_step
-from .base import CausalLM, causal_conv, wide
+from .base import CausalLM, causal_conv, step_state, wide
 from .cache import TransMambaCache, stack_rows
 from .config import TransMambaConfig, check_transpoints
 from .mamba2 import Mamba2Mixer
@@ -172,10 +172,7 @@ class TransMambaMixer(Mamba2Mixer):
                       state_offset=state_offset, y_offset=y_offset)
         xs, Bs, Cs, dts = x[:, s:], B[:, s:], C[:, s:], dt[:, s:]
         if cached and length - s == 1:
-            if start is None:
-                start = x.new_zeros(batch, self.num_heads, self.head_dim, self.state_size, dtype=wide(x).dtype)
-            elif start.dim() == 3:
-                start = wide(start).expand(batch, -1, -1, -1)
+            start = step_state(start, batch, (self.num_heads, self.head_dim, self.state_size), x)
             y, final = ssd_step(start, xs[:, 0], dts[:, 0], A, Bs[:, 0], Cs[:, 0], **common)
             y = y[:, None]
         else:
