@@ -36,3 +36,26 @@ def test_missing_model_is_a_one_line_error(tmp_path, capsys):
     assert main(["methods", "--model", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
     assert "nope" in err and "Traceback" not in err
+
+
+def test_pretrain_transmamba_from_the_command_line(tmp_path, capsys):
+    """`ssm-offset pretrain --arch transmamba` on the bundled corpus: a TransMamba checkpoint with its sha256."""
+    import hashlib
+    from pathlib import Path
+
+    from ssm_offset.models import TransMambaForCausalLM, load_model
+
+    bundled = Path(__file__).parent.parent / "python" / "ssm_offset" / "data" / "bundled"
+    text = sorted((bundled / "gutenberg").iterdir())[0]
+    assert main([
+        "pretrain", "--arch", "transmamba", "--data.tokenizer", str(bundled / "tokenizer.json"),
+        "--data.corpus", str(text), "--data.block_size", "64", "--model.hidden_size", "32",
+        "--model.num_hidden_layers", "2", "--model.num_heads", "4", "--model.head_dim", "16", "--model.state_size", "16",
+        "--model.n_groups", "1",
+        "--model.transpoints_train", "[0, 32]", "--model.transpoints_infer", "[0, 32]",
+        "--train.max_steps", "2", "--train.batch_size", "2", "--train.output_dir", str(tmp_path), "--train.progress", "false",
+    ]) == 0
+    model = load_model(tmp_path / "final")
+    assert isinstance(model, TransMambaForCausalLM) and model.config.transpoints_train == [0, 32]
+    assert (tmp_path / "final" / "model.sha256").read_text().split()[0] == hashlib.sha256(
+        (tmp_path / "final" / "model.safetensors").read_bytes()).hexdigest()

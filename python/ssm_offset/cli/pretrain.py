@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any, Dict
 
+ARCHS = {"mamba": "mamba", "mamba2": "mamba2", "transmamba": "transmamba"}
 DEFAULT_MODEL = {"model_type": "mamba2", "hidden_size": 256, "state_size": 32, "num_hidden_layers": 6,
                  "num_heads": 8, "head_dim": 64, "n_groups": 1, "expand": 2}
 
@@ -30,7 +31,10 @@ def pretrain_from_dict(raw: Dict[str, Any], source: str, log=print) -> Dict[str,
             raise TrainConfigError(f"{source} [data]: missing {key}")
     corpus = data["corpus"] if isinstance(data["corpus"], list) else [data["corpus"]]
     train = TrainConfig.from_dict(raw.get("train", {}), f"{source} [train]")
-    arch = {**DEFAULT_MODEL, **raw.get("model", {})} if "model_type" not in raw.get("model", {}) else raw["model"]
+    model = raw.get("model", {})
+    # a bare model_type of the Mamba-2 family takes the default sizes; Mamba-1 has its own fields
+    sized = "model_type" not in model or (model["model_type"] in ("mamba2", "transmamba") and set(model) == {"model_type"})
+    arch = {**DEFAULT_MODEL, **model} if sized else model
     return pretrain(arch, corpus, data["tokenizer"], int(data.get("block_size", 256)), train, log=log)
 
 
@@ -40,6 +44,8 @@ def run(args) -> int:
     from .train import parse_overrides
 
     raw: Dict[str, Any] = load_toml(args.config) if args.config else {}
+    if args.arch:
+        raw.setdefault("model", {}).setdefault("model_type", ARCHS[args.arch])
     for key, value in parse_overrides(args.overrides):
         section, _, name = key.partition(".")
         if section not in ("model", "data", "train") or not name:
@@ -65,4 +71,6 @@ def register(sub) -> None:
     p = sub.add_parser("pretrain", help="a small model from scratch on a text corpus (deterministic, sha256)",
                        description=__doc__)
     p.add_argument("config", nargs="?", default="")
+    p.add_argument("--arch", choices=sorted(ARCHS), help="the architecture, with DEFAULT_MODEL's sizes "
+                   "(same as --model.model_type; TransMamba adds its TransPoint schedules, see models.config)")
     p.set_defaults(func=run, accepts_overrides=True)
