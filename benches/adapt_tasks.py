@@ -18,6 +18,10 @@ every label token the argmax; DART reports the label log-likelihood per token (e
 free text), so "higher is better" everywhere.
 
     PYTHONPATH=python python benches/adapt_tasks.py --model runs/pretrain-15m --out benches/results/adapt-tasks
+
+CPU scale (benches/results/adapt-tasks-cpu.md): a ~1M-parameter base with the bundled 2,048-token tokenizer,
+`--tokenizer python/ssm_offset/data/bundled/tokenizer.json --threads 1`; seeds may run as separate processes
+(`--seeds 0 --out runs/seed0`, ...) and be combined with `--merge runs/seed0.json,... --out OUT`.
 """
 from __future__ import annotations
 
@@ -78,7 +82,9 @@ def scores(peft, experts, data, alpha_rows) -> Dict[str, np.ndarray]:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", help="the pretrained base (required unless --merge)")
+    p.add_argument("--merge", default="", help="comma-separated result JSONs of per-seed runs: only combine them "
+                   "into --out.{json,md}")
     p.add_argument("--tokenizer", default="/work/shared/data/tokenizers/gpt-neox-20b/tokenizer.json")
     p.add_argument("--data", default="/work/shared/data")
     p.add_argument("--method", default="svf")
@@ -91,7 +97,14 @@ def main() -> None:
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default="benches/results/adapt-tasks")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = p.parse_args()
+    if args.merge:
+        return merge(args.merge.split(","), args.out)
+    if not args.model:
+        p.error("--model is required")
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     tok = Tokenizer(args.tokenizer)
     data = Path(args.data)
     train = {t: load_task(data, t, "train") for t in TASKS}
@@ -143,19 +156,37 @@ def main() -> None:
                       "cem_seconds": res.seconds}
         results["seeds"][seed] = {"routing": routed, "leave_one_out": loo, "seconds": time.time() - t0}
         print(json.dumps(results["seeds"][seed], indent=2))
-    Path(args.out + ".json").write_text(json.dumps(results, indent=2))
-    lines = ["| held-out task | base | best single expert | CEM mixture | CEM > best single (seeds) |", "|---|---|---|---|---|"]
+    write_results(results, args.out)
+
+
+def write_results(results, out: str) -> None:
+    """`out`.json (all seeds) and `out`.md (means over seeds)."""
+    Path(out + ".json").write_text(json.dumps(results, indent=2))
+    lines = ["| held-out task | base | best single expert | CEM mixture | CEM > best single (seeds) | CEM > base (seeds) |",
+             "|---|---|---|---|---|---|"]
     for t in TASKS:
         rows = [results["seeds"][s]["leave_one_out"][t] for s in results["seeds"]]
         mean = lambda k: np.mean([r[k] for r in rows])
         wins = sum(r["cem"] > r["best_single"] for r in rows)
-        lines.append(f"| {t} | {mean('base'):.3f} | {mean('best_single'):.3f} | {mean('cem'):.3f} | {wins}/{len(rows)} |")
+        over_base = sum(r["cem"] > r["base"] for r in rows)
+        lines.append(f"| {t} | {mean('base'):.3f} | {mean('best_single'):.3f} | {mean('cem'):.3f} | "
+                     f"{wins}/{len(rows)} | {over_base}/{len(rows)} |")
     for strategy in ("classifier", "prompt"):
-        acc = np.mean([results["seeds"][s]["routing"][strategy] for s in results["seeds"]])
-        lines.append(f"\nrouting accuracy ({strategy}): {acc:.3f} (chance 0.25)")
-    Path(args.out + ".md").write_text("\n".join(lines) + "\n")
+        accs = [results["seeds"][s]["routing"][strategy] for s in results["seeds"]]
+        lines.append(f"\nrouting accuracy ({strategy}): {np.mean(accs):.3f} (per seed "
+                     f"{', '.join(f'{a:.3f}' for a in accs)}; chance 0.25)")
+    Path(out + ".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
+
+def merge(paths: List[str], out: str) -> None:
+    """Combine the JSON results of per-seed runs (e.g. seeds run as parallel processes) into `out`.{json,md}."""
+    merged = {"args": [], "seeds": {}}
+    for path in paths:
+        r = json.loads(Path(path).read_text())
+        merged["args"].append(r["args"])
+        merged["seeds"].update(r["seeds"])
+    write_results(merged, out)
 
 if __name__ == "__main__":
     main()
