@@ -98,6 +98,13 @@ def test_classification_expert_routes_better_than_chance():
     acc, _, _ = routing_accuracy(sam, requests(10, 99))
     # measured 0.67 (2x chance): a 2-layer, 32-wide random base learns this through a LoRA only partly
     assert acc >= 0.6, f"classification-expert routing accuracy {acc:.2f} (chance 1/3)"
+    # chunked classifier forwards (memory on CPU) pick the same categories as one forward over all rows
+    reqs = [r for rs in requests(10, 99).values() for r in rs]
+    whole = SelfAdaptiveModel(peft, {"math": "math_expert", "code": "code_expert"}, "classifier",
+                              classifier="router", encode=encode, prompt=PROMPT, classify_rows=0)
+    chunked = SelfAdaptiveModel(peft, {"math": "math_expert", "code": "code_expert"}, "classifier",
+                                classifier="router", encode=encode, prompt=PROMPT, classify_rows=7)
+    assert whole.choose(reqs) == chunked.choose(reqs)
 
 
 def test_few_shot_strategy_answers_with_the_cem_mixture():

@@ -65,7 +65,9 @@ class SelfAdaptiveModel:
 
     def __init__(self, model: PeftModel, experts: Union[Mapping[str, str], Sequence[str]], strategy: str = "prompt",
                  *, encode: Optional[Callable[[str], List[int]]] = None, prompt: str = DEFAULT_PROMPT,
-                 classifier: Optional[str] = None, dispatch_tokens: int = 8):
+                 classifier: Optional[str] = None, dispatch_tokens: int = 8, classify_rows: Optional[int] = None):
+        """`classify_rows`: most (request, category) rows per classifier forward (default: all on a GPU, 256 on
+        CPU)."""
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy: got {strategy!r}, expected one of {list(STRATEGIES)}")
         if not isinstance(model, PeftModel):
@@ -84,6 +86,8 @@ class SelfAdaptiveModel:
             model._check_name(classifier)
         self.strategy, self.encode, self.prompt = strategy, encode, prompt
         self.classifier, self.dispatch_tokens = classifier, dispatch_tokens
+        on_gpu = model.base_model.lm_head.weight.device.type == "cuda"
+        self.classify_rows = classify_rows if classify_rows is not None else (None if on_gpu else 256)
         self.mixture: Optional[AdaptResult] = None
         self.mixture_adapter = "few_shot_mix"
 
@@ -145,13 +149,19 @@ class SelfAdaptiveModel:
         device = self.model.base_model.lm_head.weight.device
         active = self.model.active_adapter
         self.model.set_adapter(self.classifier)
+        # chunks of rows: (prompts × categories) rows of full-vocabulary logits at once take gigabytes on CPU
+        chunk = self.classify_rows or len(data)
+        parts = []
         try:
-            logits = self.model(data.input_ids.to(device)).logits[:, :-1]
+            for i in range(0, len(data), chunk):
+                logits = self.model(data.input_ids[i: i + chunk].to(device)).logits[:, :-1]
+                labels = data.labels[i: i + chunk, 1:].to(device)
+                ll = torch.log_softmax(logits, -1).gather(-1, labels.clamp(min=0)[..., None])[..., 0]
+                parts.append((ll * (labels != -100)).sum(1))
+                del logits, ll
         finally:
             self.model.set_adapter(active)
-        labels = data.labels[:, 1:].to(device)
-        ll = torch.log_softmax(logits, -1).gather(-1, labels.clamp(min=0)[..., None])[..., 0]
-        scores = (ll * (labels != -100)).sum(1).view(len(prompts), len(cats))
+        scores = torch.cat(parts).view(len(prompts), len(cats))
         picks = scores.argmax(1).tolist()
         return [None if cats[i] == OTHERS else cats[i] for i in picks]
 
