@@ -12,8 +12,8 @@ Strategies:
   category picks the base weights. Answers are matched on token ids (each category's ids, with and without
   a leading space), so no detokenizer is needed.
 - "classifier": an expert trained on (prompt(request) → category) pairs (`classifier_data`, then
-  `train_expert`) scores every category's tokens, "others" included, and the most likely one wins
-  (constrained decoding of the category names).
+  `train_expert`) scores every category's tokens, "others" included, and the highest mean log-likelihood
+  per token wins (constrained decoding of the category names).
 - "few-shot": one mixture for the whole task, found by CEM on labelled examples (`adapt`), answers every
   request.
 """
@@ -141,7 +141,9 @@ class SelfAdaptiveModel:
         return self._classify(prompts)
 
     def _classify(self, prompts: List[List[int]]) -> List[Optional[str]]:
-        """Constrained decoding: log-likelihood of each category's ids (leading-space form) after the prompt."""
+        """Constrained decoding: mean log-likelihood per token of each category's ids (leading-space form) after
+        the prompt. Per token, not summed: a sum favours the category with the fewest tokens (a one-token
+        "others" beat every 2–3-token task name on the real-task run, benches/results/adapt-tasks-cpu.md)."""
         cats = [*self.experts, OTHERS]
         forms = [self.encode(" " + c) for c in cats]
         pairs = [(p, f) for p in prompts for f in forms]
@@ -157,7 +159,8 @@ class SelfAdaptiveModel:
                 logits = self.model(data.input_ids[i: i + chunk].to(device)).logits[:, :-1]
                 labels = data.labels[i: i + chunk, 1:].to(device)
                 ll = torch.log_softmax(logits, -1).gather(-1, labels.clamp(min=0)[..., None])[..., 0]
-                parts.append((ll * (labels != -100)).sum(1))
+                mask = labels != -100
+                parts.append((ll * mask).sum(1) / mask.sum(1).clamp(min=1))
                 del logits, ll
         finally:
             self.model.set_adapter(active)
