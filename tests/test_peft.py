@@ -465,3 +465,16 @@ def test_dt_proj_lora_is_applied_where_transformers_skips_it(tmp_path):
         assert (ours(x).logits - base).abs().max() > 1e-4  # rounding differences are ~1e-6
         with ours.disable_adapter():
             torch.testing.assert_close(ours(x).logits, base, rtol=1e-5, atol=1e-5)
+
+
+def test_removing_adapters_keeps_other_hooks_on_the_mixers():
+    """Deleting the last state adapter removes our hook only; a hook someone else put on a mixer stays."""
+    model = get_peft_model(mamba1(), StateOffsetConfig())
+    mixer = model.base_model.backbone.layers[0].mixer
+    seen = []
+    mixer.register_forward_pre_hook(lambda m, args: seen.append(1))
+    model.delete_adapter("default")
+    assert not hasattr(mixer, "ssm_adapter")
+    with torch.no_grad():
+        model.base_model(ids())
+    assert seen == [1]

@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from ..models import CausalLM, from_transformers
 from . import delta as delta_mod
+from . import state
 from .config import AdapterError, PeftConfig, load_config
 from .layer import AdapterLayer, adapter_state, set_rows
 from .lora import LoraLinear
@@ -131,10 +132,9 @@ class PeftModel(nn.Module):
                 parent, _, name = path.rpartition(".")
                 setattr(self.base_model.get_submodule(parent) if parent else self.base_model, name, module.base_layer)
         delta_mod.remove_deltas(self.base_model, keep)
-        for module in self.base_model.modules():
+        for module in list(self.base_model.modules()):
             if hasattr(module, "ssm_adapter"):
-                module._forward_pre_hooks.clear()
-                del module.ssm_adapter
+                state.detach(module)
 
     def _drop_empty_layers(self) -> None:
         if not self.peft_config:

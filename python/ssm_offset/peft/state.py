@@ -53,10 +53,16 @@ def _inject_state(mixer: nn.Module, args, kwargs):
     return args, kwargs
 
 
+def detach(mixer: nn.Module) -> None:
+    """Remove the adapter and its hook (only ours: hooks others registered on the mixer stay)."""
+    mixer.ssm_adapter.hook.remove()
+    del mixer.ssm_adapter
+
+
 def attach(mixer: nn.Module) -> SSMStateAdapter:
     if not hasattr(mixer, "ssm_adapter"):
         mixer.ssm_adapter = SSMStateAdapter(mixer)
-        mixer.register_forward_pre_hook(_inject_state, with_kwargs=True)
+        mixer.ssm_adapter.hook = mixer.register_forward_pre_hook(_inject_state, with_kwargs=True)
     return mixer.ssm_adapter
 
 
