@@ -13,6 +13,11 @@ code; only the mixture's application differs:
 The script checks that every candidate gets the same fitness from both arms (fp32, ≤ 1e-5) and that the
 elites agree except at exact ties, and reports time per adaptation, the speed-up, and where the time goes.
 
+`--precisions fp32,tf32,bf16` times both arms under each setting: strict fp32 (the equality check above),
+TF32 matmuls (torch.backends.cuda.matmul.allow_tf32, the usual GPU setting) and a bf16 model. Both arms
+always run under the same setting; with TF32/bf16 the two arms' fitness differ by rounding (reported, not
+asserted: the batched arm's SVF runs x V then U, the sequential one the recomposed W).
+
     PYTHONPATH=python python benches/bench_adapt.py                       # CPU, tiny model
     PYTHONPATH=python python benches/bench_adapt.py --shape mamba-130m     # the GPU arm (CUDA when present)
 """
@@ -61,9 +66,14 @@ def examples(n: int, prompt: int, label: int, vocab: int, seed: int = 0) -> FewS
     return FewShotSet.from_ids(pairs, pad_id=0, eos_id=0)
 
 
-def run(args, method: str, granularity: str) -> dict:
+PRECISIONS = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16}
+
+
+def run(args, method: str, granularity: str, precision: str = "fp32") -> dict:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = build(args.shape, method, device, torch.float32)
+    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+    torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    model = build(args.shape, method, device, PRECISIONS[precision])
     data = examples(args.examples, args.prompt_len, args.label_len, SHAPES[args.shape]["vocab_size"])
     ev_b = PopulationEvaluator(model, EXPERTS, data, granularity)
     ev_s = PopulationEvaluator(model, EXPERTS, data, granularity)
@@ -91,7 +101,7 @@ def run(args, method: str, granularity: str) -> dict:
                 elite_mismatch += 1
         cem.tell(fb)
     out = {
-        "method": method, "granularity": granularity, "alpha_dim": ev_b.dim, "device": device,
+        "method": method, "granularity": granularity, "precision": precision, "alpha_dim": ev_b.dim, "device": device,
         "batched_s": t_b, "sequential_s": t_s, "speedup": t_s / t_b,
         "max_fitness_diff": worst, "elite_mismatches_beyond_ties": elite_mismatch,
         "forwards_batched": ev_b.forwards, "forwards_sequential": ev_s.forwards,
@@ -110,8 +120,11 @@ def top_ops(ev, pop, device) -> list:
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
     with profile(activities=acts) as prof:
         ev.evaluate(pop)
-    key = "self_cuda_time_total" if device == "cuda" else "self_cpu_time_total"
-    rows = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)[:10]
+    events = prof.key_averages()
+    # torch >= 2.4 names the GPU column "device"; older releases "cuda"
+    key = "self_cpu_time_total" if device != "cuda" else (
+        "self_device_time_total" if hasattr(events[0], "self_device_time_total") else "self_cuda_time_total")
+    rows = sorted(events, key=lambda e: getattr(e, key), reverse=True)[:15]
     return [(e.key, round(getattr(e, key) / 1e3, 2), e.count) for e in rows]
 
 
@@ -120,6 +133,7 @@ def main() -> None:
     p.add_argument("--shape", default="tiny", choices=sorted(SHAPES))
     p.add_argument("--methods", default="svf,state-offset-h")
     p.add_argument("--granularities", default="expert,layer")
+    p.add_argument("--precisions", default="fp32", help="comma list of fp32, tf32, bf16")
     p.add_argument("--population", type=int, default=32)
     p.add_argument("--generations", type=int, default=50)
     p.add_argument("--examples", type=int, default=10)
@@ -131,24 +145,25 @@ def main() -> None:
     p.add_argument("--out", default=None, help="write OUT.json and OUT.md")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    rows = [run(args, m, g) for m in args.methods.split(",") for g in args.granularities.split(",")]
+    rows = [run(args, m, g, pr) for pr in args.precisions.split(",") for m in args.methods.split(",")
+            for g in args.granularities.split(",")]
     meta = {"shape": args.shape, **SHAPES[args.shape], "population": args.population, "generations": args.generations,
             "examples": args.examples, "prompt_len": args.prompt_len, "label_len": args.label_len,
             "threads": args.threads, "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
     lines = [f"# few-shot CEM: batched vs sequential ({args.shape}, {rows[0]['device']})", "",
              "```", json.dumps(meta), "```", "",
-             "| method | α per | dim | batched s | sequential s | speed-up | max |Δ fitness| | elite mismatches |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| precision | method | α per | dim | batched s | sequential s | speed-up | max |Δ fitness| | elite mismatches |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['method']} | {r['granularity']} | {r['alpha_dim']} | {r['batched_s']:.2f} | "
+        lines.append(f"| {r['precision']} | {r['method']} | {r['granularity']} | {r['alpha_dim']} | {r['batched_s']:.2f} | "
                      f"{r['sequential_s']:.2f} | {r['speedup']:.1f}× | {r['max_fitness_diff']:.1e} | "
                      f"{r['elite_mismatches_beyond_ties']} |")
     lines += ["", "Where the time goes (seconds over the whole adaptation):", ""]
     for r in rows:
         for arm in ("batched", "sequential"):
             prof = ", ".join(f"{k} {v:.2f}" for k, v in sorted(r[f"profile_{arm}"].items(), key=lambda kv: -kv[1]))
-            lines.append(f"- {r['method']}/{r['granularity']} {arm}: {prof}")
+            lines.append(f"- {r['precision']} {r['method']}/{r['granularity']} {arm}: {prof}")
         if "top_ops_batched" in r:
             lines.append(f"  - top ops (batched, one generation, ms self time, calls): {r['top_ops_batched']}")
     text = "\n".join(lines)

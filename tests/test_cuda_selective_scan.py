@@ -186,6 +186,72 @@ def test_forward_backward_matches_float64_reference(case):
         _close(f"d{k}", leaves[k].grad, ref_leaves[k].grad.to(leaves[k].grad.dtype), dt, seed)
 
 
+def _documents(batch, length, seed):
+    """(batch, L) non-decreasing document indices: row 0 cut at random places (incl. a one-token document and
+    a cut at a backward-chunk boundary when L allows), the last row one document."""
+    gen = torch.Generator().manual_seed(seed)
+    seq = torch.zeros(batch, length, dtype=torch.long)
+    if length > 1:
+        cuts = set(torch.randint(1, length, (min(6, length - 1),), generator=gen).tolist())
+        cuts |= {c for c in (1, 2, 8, 16, 17, 64) if c < length}
+        for c in sorted(cuts):
+            seq[0, c:] += 1
+    for b in range(1, batch - 1):
+        seq[b, length // 2:] = 1
+    return seq.cuda()
+
+
+SEQ_CASES = [
+    dict(length=L, nstate=N, groups=G, dtype=dt, **flags)
+    for L, N, G, dt in ((7, 16, 1, torch.float32), (300, 16, 2, torch.float32), (2049, 64, 1, torch.bfloat16),
+                        (129, 256, 1, torch.float32), (1000, 16, 1, torch.bfloat16))
+    for flags in (ALL_ON, {**ALL_ON, "initial_state": "shared", "state_offset": None, "y_offset": None},
+                  {**ALL_ON, "initial_state": None})
+]
+
+
+@pytest.mark.parametrize("case", SEQ_CASES, ids=[_id(c) for c in SEQ_CASES])
+def test_document_boundaries_match_float64_reference(case):
+    """Packed rows (seq_idx): each document restarts from the initial state, in the kernel as in the reference;
+    gradients flow to the initial state from every document start and never across a boundary."""
+    seed = torch.seed() % (2**31)
+    dt = case["dtype"]
+    batch = 3
+    t = _inputs(case, batch=batch, dim=case.get("dim", 8), seed=seed)
+    seq = _documents(batch, case["length"], seed)
+    leaves = {k: v.clone().requires_grad_(True) for k, v in t.items() if v is not None}
+    ref_leaves = {k: v.detach().double().requires_grad_(True) for k, v in t.items() if v is not None}
+    kw = dict(delta_softplus=case["softplus"], seq_idx=seq)
+    _poison()
+    y, final = selective_scan(**leaves, **kw, return_final_state=True)
+    y_ref, final_ref = selective_scan_naive(**ref_leaves, **kw)
+    _close("y (seq_idx)", y, y_ref, dt, seed)
+    _close("final_state (seq_idx)", final, final_ref, torch.float32, seed)
+    dy, dfinal = torch.randn_like(y), torch.randn_like(final)
+    _poison()
+    torch.autograd.backward((y, final), (dy, dfinal))
+    torch.autograd.backward((y_ref, final_ref), (dy.double(), dfinal.double()))
+    for k in leaves:
+        _close(f"d{k} (seq_idx)", leaves[k].grad, ref_leaves[k].grad.to(leaves[k].grad.dtype), dt, seed)
+
+
+def test_document_boundaries_equal_separate_documents():
+    """A row packing two documents gives, on each, what that document gives alone (fp32 kernel vs kernel)."""
+    case = dict(length=500, nstate=16, groups=1, dtype=torch.float32, **ALL_ON)
+    t = _inputs(case, batch=1, dim=64, seed=7)
+    t["initial_state"] = t["initial_state"][0]
+    t["state_offset"] = t["state_offset"]
+    t["y_offset"] = t["y_offset"][0]
+    cut = 213
+    seq = torch.zeros(1, 500, dtype=torch.long, device="cuda")
+    seq[:, cut:] = 1
+    y = selective_scan(**t, delta_softplus=True, seq_idx=seq)
+    timed = ("u", "delta", "B", "C", "z")
+    parts = [selective_scan(**{k: (v[..., s] if k in timed else v) for k, v in t.items()}, delta_softplus=True)
+             for s in (slice(0, cut), slice(cut, 500))]
+    torch.testing.assert_close(y, torch.cat(parts, -1), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("nstate,groups,per_row", [(16, 1, False), (24, 2, True), (256, 1, True)])
 def test_step_matches_reference_and_scan(dtype, nstate, groups, per_row):

@@ -50,7 +50,8 @@ Opt zeros_like_opt(const Opt &t) {
 
 ssm_offset::ScanParams common(const Tensor &u, const Tensor &delta, const Tensor &A, const Tensor &B,
                               const Tensor &C, const Opt &D, const Opt &z, const Opt &delta_bias,
-                              bool softplus, const Opt &h0, const Opt &hoff, const Opt &yoff) {
+                              bool softplus, const Opt &h0, const Opt &hoff, const Opt &yoff,
+                              const Opt &seq_idx) {
   TORCH_CHECK(u.is_cuda() && u.dim() == 3 && u.is_contiguous(), "u: expected a contiguous CUDA (batch, D, L) tensor");
   check_like(delta, u, "delta");
   check_like(B, u, "B");
@@ -80,14 +81,22 @@ ssm_offset::ScanParams common(const Tensor &u, const Tensor &delta, const Tensor
   p.h0_bstride = row_stride(h0, 2);
   p.hoff_bstride = row_stride(hoff, 2);
   p.yoff_bstride = row_stride(yoff, 1);
+  if (has(seq_idx)) {
+    TORCH_CHECK(seq_idx->is_cuda() && seq_idx->scalar_type() == at::kInt && seq_idx->is_contiguous() &&
+                    seq_idx->dim() == 2 && seq_idx->size(0) == p.batch && seq_idx->size(1) == p.len,
+                "seq_idx: expected a contiguous int32 CUDA (batch, L) = (", p.batch, ", ", p.len, ") tensor, got ",
+                seq_idx->sizes());
+    p.seq_idx = seq_idx->data_ptr<int>();
+  }
   return p;
 }
 
 std::tuple<Tensor, Tensor> fwd(const Tensor &u, const Tensor &delta, const Tensor &A, const Tensor &B,
                                const Tensor &C, const Opt &D, const Opt &z, const Opt &delta_bias,
-                               bool softplus, const Opt &h0, const Opt &hoff, const Opt &yoff) {
+                               bool softplus, const Opt &h0, const Opt &hoff, const Opt &yoff,
+                               const Opt &seq_idx) {
   const c10::cuda::CUDAGuard guard(u.device());
-  auto p = common(u, delta, A, B, C, D, z, delta_bias, softplus, h0, hoff, yoff);
+  auto p = common(u, delta, A, B, C, D, z, delta_bias, softplus, h0, hoff, yoff, seq_idx);
   Tensor y = at::empty_like(u);
   Tensor final_state = at::empty({p.batch, p.dim, p.nstate}, u.options().dtype(at::kFloat));
   p.y = y.data_ptr();
@@ -108,9 +117,9 @@ std::tuple<Tensor, Tensor> fwd(const Tensor &u, const Tensor &delta, const Tenso
 std::vector<Tensor> bwd(const Tensor &dout, const Opt &dfinal, const Tensor &u, const Tensor &delta,
                         const Tensor &A, const Tensor &B, const Tensor &C, const Opt &D, const Opt &z,
                         const Opt &delta_bias, bool softplus, const Opt &h0, const Opt &hoff,
-                        const Opt &yoff) {
+                        const Opt &yoff, const Opt &seq_idx) {
   const c10::cuda::CUDAGuard guard(u.device());
-  auto p = common(u, delta, A, B, C, D, z, delta_bias, softplus, h0, hoff, yoff);
+  auto p = common(u, delta, A, B, C, D, z, delta_bias, softplus, h0, hoff, yoff, seq_idx);
   check_like(dout, u, "dy");
   Tensor du = at::empty_like(u), ddelta = at::empty_like(u);
   Opt dz = has(z) ? Opt(at::empty_like(u)) : Opt();

@@ -15,6 +15,9 @@ struct ScanParams {
   // y offset (dim) or per row. A null pointer means the input is absent.
   const float *A, *D, *delta_bias, *h0, *hoff, *yoff;
   long long h0_bstride, hoff_bstride, yoff_bstride;  // 0 = shared across the batch
+  // document index per position (batch, len), non-decreasing, or null: where it changes the state restarts
+  // from the initial state (zero without one), so packed documents scan as if each were alone
+  const int *seq_idx;
   // forward outputs
   void *y;             // (batch, dim, len), T
   float *final_state;  // (batch, dim, nstate)

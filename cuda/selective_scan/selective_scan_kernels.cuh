@@ -108,6 +108,13 @@ __device__ __forceinline__ void store_vec(float *s, const float *v) {
   }
 }
 
+// A document starts: the state it continues from is the initial state again (h_{t-1} := h_0).
+template <int NPT>
+__device__ __forceinline__ void restart(float *h, const float *hs) {
+#pragma unroll
+  for (int k = 0; k < NPT; ++k) h[k] = hs[k];
+}
+
 __host__ __device__ constexpr int sums_per_lane(int m, int lpc) { return m * lpc >= 32 ? m * lpc / 32 : 1; }
 
 // Sum each of M values over the CW = 32 / LPC lanes that hold the same states for different
@@ -140,11 +147,17 @@ __device__ __forceinline__ int channel_reduce_scatter(float *v, int &first) {
   return writer ? sums_per_lane(M, LPC) : 0;
 }
 
-// u and Δ of the block's channels for times [t0, t0 + tl), zero outside; dsp = dΔ/d(δ + bias).
+// u and Δ of the block's channels for times [t0, t0 + tl), zero outside; dsp = dΔ/d(δ + bias);
+// s_rst[t]: a document starts at t0 + t (never at 0: the initial state is already there).
 template <typename T, int CPB, int TT>
 __device__ __forceinline__ void load_u_dt(const ScanParams &p, const BlockPos &bp, int t0, int tl,
                                           float (*s_u)[TT + 1], float (*s_dt)[TT + 1],
-                                          float (*s_dsp)[TT + 1]) {
+                                          float (*s_dsp)[TT + 1], int *s_rst) {
+  if (p.seq_idx) {
+    const int *seq = p.seq_idx + (long long)bp.b * p.len + t0;
+    for (int t = threadIdx.x; t < TT; t += kThreads)
+      s_rst[t] = (t < tl && t0 + t > 0) ? (seq[t] != seq[t - 1]) : 0;
+  }
   const long long row0 = ((long long)bp.b * p.dim + bp.d0) * p.len + t0;
   const T *u = static_cast<const T *>(p.u) + row0;
   const T *dl = static_cast<const T *>(p.delta) + row0;
@@ -184,6 +197,7 @@ __global__ void __launch_bounds__(kThreads, Cfg<NPT, LPC>::kFwdMinBlocks) fwd_ke
   using K = Cfg<NPT, LPC>;
   constexpr int CPB = K::kCpb, NPAD = K::kNpad, TF = K::kTf, BS = K::kBs;
   __shared__ float s_u[CPB][TF + 1], s_dt[CPB][TF + 1], s_y[CPB][TF + 1];
+  __shared__ int s_rst[TF];
   __shared__ __align__(16) float s_B[TF][BS];
   __shared__ __align__(16) float s_C[TF][BS];
 
@@ -193,14 +207,14 @@ __global__ void __launch_bounds__(kThreads, Cfg<NPT, LPC>::kFwdMinBlocks) fwd_ke
   const bool active = c < bp.nrows;
   const int N = p.nstate, L = p.len;
 
-  float A2[NPT], h[NPT], ho[NPT];
+  float A2[NPT], h[NPT], ho[NPT], hs[NPT];
 #pragma unroll
   for (int k = 0; k < NPT; ++k) {
     const int n = lane * NPT + k;
     const bool ok = active && n < N;
     const long long dn = (long long)d * N + n;
     A2[k] = ok ? p.A[dn] * kLog2e : 0.f;
-    h[k] = (ok && p.h0) ? p.h0[bp.b * p.h0_bstride + dn] : 0.f;
+    hs[k] = h[k] = (ok && p.h0) ? p.h0[bp.b * p.h0_bstride + dn] : 0.f;
     ho[k] = (ok && p.hoff) ? p.hoff[bp.b * p.hoff_bstride + dn] : 0.f;
   }
   const long long bc_off = ((long long)bp.b * p.groups + bp.g) * N * L;
@@ -210,12 +224,13 @@ __global__ void __launch_bounds__(kThreads, Cfg<NPT, LPC>::kFwdMinBlocks) fwd_ke
 
   for (int t0 = 0; t0 < L; t0 += TF) {
     const int tl = min(TF, L - t0);
-    load_u_dt<T, CPB, TF>(p, bp, t0, tl, s_u, s_dt, nullptr);
+    load_u_dt<T, CPB, TF>(p, bp, t0, tl, s_u, s_dt, nullptr, s_rst);
     load_bc<T, NPAD, TF, BS>(Bg + t0, N, L, tl, s_B);
     load_bc<T, NPAD, TF, BS>(Cg + t0, N, L, tl, s_C);
     __syncthreads();
 #pragma unroll 2
     for (int t = 0; t < tl; ++t) {
+      if (p.seq_idx && s_rst[t]) restart<NPT>(h, hs);  // uniform over the block: one batch row
       const float dt = s_dt[c][t];
       const float du = dt * s_u[c][t];
       float Bv[NPT], Cv[NPT];
@@ -269,6 +284,7 @@ __global__ void __launch_bounds__(kThreads, Cfg<NPT, LPC>::kBwdMinBlocks) bwd_ke
   __shared__ __align__(16) float s_C[TB][BS];
   __shared__ float s_dB[TB][BS], s_dC[TB][BS];
   __shared__ float s_accD[CPB], s_accY[CPB], s_accBias[CPB];
+  __shared__ int s_rst[TB];
 
   const BlockPos bp = block_pos(p, CPB);
   const int c = threadIdx.x / LPC, lane = threadIdx.x % LPC;
@@ -279,14 +295,16 @@ __global__ void __launch_bounds__(kThreads, Cfg<NPT, LPC>::kBwdMinBlocks) bwd_ke
 
   for (int r = threadIdx.x; r < CPB; r += kThreads) s_accD[r] = s_accY[r] = s_accBias[r] = 0.f;
 
-  float A2[NPT], h[NPT], ho[NPT], G[NPT], dAacc[NPT], dho[NPT];
+  // dhs: gradient of the initial state from the documents that restart from it inside the row
+  float A2[NPT], h[NPT], hs[NPT], ho[NPT], G[NPT], dAacc[NPT], dho[NPT], dhs[NPT];
 #pragma unroll
   for (int k = 0; k < NPT; ++k) {
     const int n = lane * NPT + k;
     const bool ok = active && n < N;
     const long long dn = (long long)d * N + n;
     A2[k] = ok ? p.A[dn] * kLog2e : 0.f;
-    h[k] = (ok && p.h0) ? p.h0[bp.b * p.h0_bstride + dn] : 0.f;
+    hs[k] = h[k] = (ok && p.h0) ? p.h0[bp.b * p.h0_bstride + dn] : 0.f;
+    dhs[k] = 0.f;
     ho[k] = (ok && p.hoff) ? p.hoff[bp.b * p.hoff_bstride + dn] : 0.f;
     G[k] = (ok && p.dfinal) ? p.dfinal[((long long)bp.b * p.dim + d) * N + n] : 0.f;
     dAacc[k] = 0.f;
@@ -305,11 +323,12 @@ __global__ void __launch_bounds__(kThreads, Cfg<NPT, LPC>::kBwdMinBlocks) bwd_ke
     if (active) store_vec<NPT>(ck + kc * ck_stride, h);
     if (kc == nch - 1) break;
     const int t0 = kc * TB;
-    load_u_dt<T, CPB, TB>(p, bp, t0, TB, s_u, s_dt, nullptr);
+    load_u_dt<T, CPB, TB>(p, bp, t0, TB, s_u, s_dt, nullptr, s_rst);
     load_bc<T, NPAD, TB, BS>(Bg + t0, N, L, TB, s_B);
     __syncthreads();
 #pragma unroll
     for (int t = 0; t < TB; ++t) {
+      if (p.seq_idx && s_rst[t]) restart<NPT>(h, hs);
       const float dt = s_dt[c][t];
       const float du = dt * s_u[c][t];
       float Bv[NPT];
@@ -324,7 +343,7 @@ __global__ void __launch_bounds__(kThreads, Cfg<NPT, LPC>::kBwdMinBlocks) bwd_ke
   for (int kc = nch - 1; kc >= 0; --kc) {
     const int t0 = kc * TB;
     const int tl = min(TB, L - t0);
-    load_u_dt<T, CPB, TB>(p, bp, t0, tl, s_u, s_dt, s_dsp);
+    load_u_dt<T, CPB, TB>(p, bp, t0, tl, s_u, s_dt, s_dsp, s_rst);
     load_bc<T, NPAD, TB, BS>(Bg + t0, N, L, tl, s_B);
     load_bc<T, NPAD, TB, BS>(Cg + t0, N, L, tl, s_C);
     for (int i = threadIdx.x; i < TB * BS; i += kThreads) {
@@ -339,6 +358,7 @@ __global__ void __launch_bounds__(kThreads, Cfg<NPT, LPC>::kBwdMinBlocks) bwd_ke
 #pragma unroll
     for (int t = 0; t < TB; ++t) {
       if (t < tl) {
+        if (p.seq_idx && s_rst[t]) restart<NPT>(h, hs);
         const float dt = s_dt[c][t];
         const float du = dt * s_u[c][t];
         float Bv[NPT], Cv[NPT];
@@ -420,6 +440,15 @@ __global__ void __launch_bounds__(kThreads, Cfg<NPT, LPC>::kBwdMinBlocks) bwd_ke
           dBv[k] = g * du;
           G[k] = a * g;
         }
+        if (p.seq_idx && s_rst[t]) {
+          // h_{t-1} was the initial state, not the previous document's last state: ∂/∂h_{t-1} goes
+          // to h_0, and nothing flows back across the boundary
+#pragma unroll
+          for (int k = 0; k < NPT; ++k) {
+            dhs[k] += G[k];
+            G[k] = 0.f;
+          }
+        }
         s1 = lane_sum<LPC>(s1) * kLn2;
         s2 = lane_sum<LPC>(s2);
         if (lane == 0) {
@@ -487,7 +516,7 @@ float v[2 * NPT];
       if (n < N) {
         const long long dn = (long long)d * N + n;
         atomicAdd(p.dA + dn, dAacc[k]);
-        if (p.dh0) atomicAdd(p.dh0 + bp.b * p.h0_bstride + dn, G[k]);
+        if (p.dh0) atomicAdd(p.dh0 + bp.b * p.h0_bstride + dn, G[k] + dhs[k]);
         if (p.dhoff) atomicAdd(p.dhoff + bp.b * p.hoff_bstride + dn, dho[k]);
       }
     }

@@ -82,7 +82,13 @@ def causal_conv(
         tail = F.pad(x, (k - 1, 0))[..., -(k - 1):] if k > 1 else x[..., :0]
         return out, tail
     if state is None:
-        state = x.new_zeros(batch, channels, k - 1)
+        # from zeros the module's own left padding is the state: output t is the window ending at x_t, and
+        # no (batch, C, K-1+L) copy is made (a whole pass over the activations on a GPU)
+        out = conv(x)[..., :length]
+        tail = x[..., max(0, length - (k - 1)):].contiguous()  # a copy: a view would keep all of x alive in a cache
+        if tail.shape[-1] < k - 1:
+            tail = F.pad(tail, (k - 1 - tail.shape[-1], 0))
+        return out, tail
     window = torch.cat([state.to(x.dtype), x], dim=-1)
     out = conv(window)[..., k - 1 : k - 1 + length]
     return out, window[..., window.shape[-1] - (k - 1) :]

@@ -126,6 +126,10 @@ def _f32(t):
     return None if t is None else t.float().contiguous()
 
 
+def _i32(t):
+    return None if t is None else t.to(torch.int32).contiguous()
+
+
 def _grouped(t: torch.Tensor, dtype, time_axis: bool) -> torch.Tensor:
     """B or C as (batch, groups, N[, L]) contiguous in the kernel's dtype."""
     if t.dim() == (3 if time_axis else 2):
@@ -141,8 +145,7 @@ def _fwd_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state
               seq_idx=None):
     from .selective_scan.naive import selective_scan_naive
 
-    # document boundaries are not in the CUDA kernel yet: packed rows take the reference
-    ext = _extension() if _usable(u) and seq_idx is None else None
+    ext = _extension() if _usable(u) else None
     if ext is None:
         return selective_scan_naive(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                                     initial_state, state_offset, y_offset, seq_idx)
@@ -150,7 +153,7 @@ def _fwd_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state
     y, final = ext.fwd(
         u.contiguous(), delta.to(dt).contiguous(), _f32(A), _grouped(B, dt, True), _grouped(C, dt, True),
         _f32(D), None if z is None else z.to(dt).contiguous(), _f32(delta_bias), bool(delta_softplus),
-        _f32(initial_state), _f32(state_offset), _f32(y_offset),
+        _f32(initial_state), _f32(state_offset), _f32(y_offset), _i32(seq_idx),
     )
     return y, final
 
@@ -159,7 +162,7 @@ def _bwd_cuda(dy, dfinal_state, u, delta, A, B, C, D, z, delta_bias, delta_softp
               initial_state, state_offset, y_offset, seq_idx=None):
     from .selective_scan.op import selective_scan_bwd_reference
 
-    ext = _extension() if _usable(u) and seq_idx is None else None
+    ext = _extension() if _usable(u) else None
     if ext is None:
         return selective_scan_bwd_reference(dy, dfinal_state, u, delta, A, B, C, D, z, delta_bias,
                                             delta_softplus, initial_state, state_offset, y_offset, seq_idx)
@@ -168,6 +171,7 @@ def _bwd_cuda(dy, dfinal_state, u, delta, A, B, C, D, z, delta_bias, delta_softp
         dy.to(dt).contiguous(), _f32(dfinal_state), u.contiguous(), delta.to(dt).contiguous(), _f32(A),
         _grouped(B, dt, True), _grouped(C, dt, True), _f32(D), None if z is None else z.to(dt).contiguous(),
         _f32(delta_bias), bool(delta_softplus), _f32(initial_state), _f32(state_offset), _f32(y_offset),
+        _i32(seq_idx),
     )
     inputs = (u, delta, A, B, C, D, z, delta_bias, initial_state, state_offset, y_offset)
     out = []
