@@ -110,6 +110,21 @@ def test_saved_model_loads_in_transformers(tmp_path, name):
     assert (again.lm_head.weight is again.backbone.embeddings.weight) == config.tie_word_embeddings
 
 
+@pytest.mark.parametrize("name", ["mamba", "mamba2-g2"])
+def test_our_bf16_shards_load_in_transformers(tmp_path, name):
+    """What `pretrain` writes for the benchmark's bases (save_dtype bf16, max_shard_size) is transformers' layout."""
+    cfg_name, kwargs = TINY[name]
+    config = (MambaConfig if name == "mamba" else Mamba2Config)(**kwargs)
+    torch.manual_seed(5)
+    ours = model_from_config(config).eval()
+    ours.save_pretrained(tmp_path, dtype="bf16", max_shard_size="20KB")
+    assert len(list(tmp_path.glob("model-*-of-*.safetensors"))) >= 2
+    hf = getattr(transformers, cfg_name.replace("Config", "ForCausalLM")).from_pretrained(tmp_path).float().eval()
+    ours_bf16 = load_model(tmp_path)
+    with torch.no_grad():
+        assert (hf(ids()).logits - ours_bf16(ids()).logits).abs().max().item() <= 1e-4
+
+
 def test_sharded_checkpoint(hf_dirs, tmp_path):
     hf, _ = hf_dirs["mamba"]
     hf.save_pretrained(tmp_path, max_shard_size="20KB")

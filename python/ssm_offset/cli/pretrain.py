@@ -2,9 +2,16 @@
 
     [model]  model_type = "mamba2"  hidden_size = 256  num_hidden_layers = 4  ...   (a config.json's fields)
     [data]   tokenizer = "tokenizer.json"  corpus = ["texts/"]  block_size = 256
+             # or, pre-tokenized: tokens = "corpus.npy" (1-D ids, eos after each document); vocab_size / eos
+             # from [model], else the tokenizer if given, else the .json beside the .npy (vocab_size, eos_id)
+             eval_fraction = 0.02                                                    (blocks held out, seeded)
     [train]  max_steps = 2000  lr = 2e-3  ...                                        (TrainConfig)
+             eval_every = 100  early_stopping_patience = 5  load_best_model_at_end = true
+             save_dtype = "bf16"  max_shard_size = "16MiB"                            (how final/ is written)
 
-Deterministic for a seed on CPU; the model goes to <output_dir>/final with its sha256 (final/model.sha256)."""
+Deterministic for a seed on CPU; the model goes to <output_dir>/final with its sha256 (final/model.sha256,
+`ssm_offset.models.checkpoint_sha256`); the learning curve to <output_dir>/curve.csv; everything to
+<output_dir>/pretrain.json."""
 from __future__ import annotations
 
 import json
@@ -23,19 +30,26 @@ def pretrain_from_dict(raw: Dict[str, Any], source: str, log=print) -> Dict[str,
     if unknown:
         raise TrainConfigError(f"{source}: unknown section(s) {unknown}; known sections: ['data', 'model', 'train']")
     data = dict(raw.get("data", {}))
-    bad = sorted(set(data) - {"tokenizer", "corpus", "block_size"})
+    known = ["block_size", "corpus", "eval_fraction", "tokenizer", "tokens"]
+    bad = sorted(set(data) - set(known))
     if bad:
-        raise TrainConfigError(f"{source} [data]: unknown key(s) {bad}; known keys: ['block_size', 'corpus', 'tokenizer']")
-    for key in ("tokenizer", "corpus"):
-        if key not in data:
-            raise TrainConfigError(f"{source} [data]: missing {key}")
-    corpus = data["corpus"] if isinstance(data["corpus"], list) else [data["corpus"]]
+        raise TrainConfigError(f"{source} [data]: unknown key(s) {bad}; known keys: {known}")
+    if ("corpus" in data) == ("tokens" in data):
+        raise TrainConfigError(f"{source} [data]: give either corpus (text files, with tokenizer) or tokens (a .npy)")
+    if "corpus" in data and "tokenizer" not in data:
+        raise TrainConfigError(f"{source} [data]: missing tokenizer (needed to read corpus)")
+    corpus = data.get("corpus", [])
+    corpus = corpus if isinstance(corpus, list) else [corpus]
+    fraction = data.get("eval_fraction", 0.02)
+    if not isinstance(fraction, (int, float)) or isinstance(fraction, bool):
+        raise TrainConfigError(f"{source} [data]: eval_fraction = {fraction!r}, expected a number")
     train = TrainConfig.from_dict(raw.get("train", {}), f"{source} [train]")
     model = raw.get("model", {})
     # a bare model_type of the Mamba-2 family takes the default sizes; Mamba-1 has its own fields
     sized = "model_type" not in model or (model["model_type"] in ("mamba2", "transmamba") and set(model) == {"model_type"})
     arch = {**DEFAULT_MODEL, **model} if sized else model
-    return pretrain(arch, corpus, data["tokenizer"], int(data.get("block_size", 256)), train, log=log)
+    return pretrain(arch, corpus, data.get("tokenizer", ""), int(data.get("block_size", 256)), train, log=log,
+                    eval_fraction=float(fraction), tokens=data.get("tokens", ""))
 
 
 def run(args) -> int:
@@ -63,7 +77,9 @@ def run(args) -> int:
             parsed = parsed.split(",")
         raw.setdefault(section, {})[name] = parsed
     result = pretrain_from_dict(raw, args.config or "flags")
-    print(json.dumps({k: result[k] for k in ("model", "sha256", "parameters", "step", "loss", "best")}, indent=2))
+    keys = ("model", "sha256", "parameters", "step", "loss", "best", "best_step", "stopped_early", "eval_loss",
+            "eval_perplexity", "curve", "seconds")
+    print(json.dumps({k: result[k] for k in keys if k in result}, indent=2))
     return 0
 
 

@@ -18,7 +18,7 @@ from .config import (
     geometric_transpoints,
 )
 from .generation import beam_search, generate
-from .io import CheckpointError, from_transformers, load_model, save_pretrained
+from .io import CheckpointError, checkpoint_sha256, from_transformers, load_model, save_pretrained
 from .mamba import MambaForCausalLM, MambaMixer
 from .mamba2 import Mamba2ForCausalLM, Mamba2Mixer
 from .transmamba import TransMambaForCausalLM, TransMambaMixer
@@ -28,5 +28,5 @@ __all__ = [
     "CausalLM", "CausalLMOutput", "Cache", "load_model", "save_pretrained", "model_from_config", "generate",
     "beam_search", "from_transformers", "MODEL_CLASSES", "ConfigError", "CheckpointError", "config_from_hf_dict",
     "config_from_mamba_ssm_dict", "TransMambaConfig", "TransMambaForCausalLM", "TransMambaMixer", "TransMambaCache",
-    "geometric_transpoints",
+    "geometric_transpoints", "checkpoint_sha256",
 ]

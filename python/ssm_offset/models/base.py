@@ -270,11 +270,12 @@ class CausalLM(nn.Module):
 
         return generate(self, prompts, max_new_tokens, **kwargs)
 
-    def save_pretrained(self, directory) -> None:
-        """Write Hugging Face format (config.json + model.safetensors); see `ssm_offset.models.io`."""
+    def save_pretrained(self, directory, *, dtype=None, max_shard_size=None) -> None:
+        """Write Hugging Face format (config.json + model.safetensors, or shards with `max_shard_size`="16MiB",
+        cast with `dtype`="bf16"); see `ssm_offset.models.io.save_pretrained`."""
         from .io import save_pretrained
 
-        save_pretrained(self, directory)
+        save_pretrained(self, directory, dtype=dtype, max_shard_size=max_shard_size)
 
     @classmethod
     def from_pretrained(cls, path_or_hub_id, **kwargs):

@@ -7,16 +7,19 @@ Read:
   + `pytorch_model.bin`, read with `torch.load(weights_only=True)` (never a full unpickle); key names are the
   same except `backbone.embedding.weight`; the vocabulary is padded to `pad_vocab_size_multiple`.
 - A hub id (anything that is not an existing path) is fetched with `huggingface_hub.snapshot_download`.
-Write: Hugging Face format, each file written to a temporary name and renamed into place.
+Write: Hugging Face format, each file written to a temporary name and renamed into place; optionally cast
+(`dtype`) and cut into shards (`max_shard_size`, transformers' layout: `model-00001-of-0000N.safetensors` +
+`model.safetensors.index.json`). `checkpoint_sha256` is the one definition of a checkpoint's hash.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Callable, Dict, Optional, Tuple, Union
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 from safetensors import safe_open
@@ -29,6 +32,12 @@ from .config import ConfigError, SSMConfig, config_from_hf_dict, config_from_mam
 PathLike = Union[str, os.PathLike]
 
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+_SINGLE, _INDEX = "model.safetensors", "model.safetensors.index.json"
+_SHARD = re.compile(r"^model-\d{5}-of-\d{5}\.safetensors$")
+_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+           "fp16": torch.float16, "float16": torch.float16}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMG]i?B|B)?\s*$", re.IGNORECASE)
+_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 _MAMBA_SSM_RENAMES = {"backbone.embedding.weight": "backbone.embeddings.weight"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
@@ -182,15 +191,134 @@ def from_transformers(hf_model) -> CausalLM:
     return model.train(hf_model.training)
 
 
-def save_pretrained(model: CausalLM, directory: PathLike) -> None:
-    """Write `config.json` + `model.safetensors` (transformers' names; a tied head is stored once)."""
+def parse_size(size: Union[int, str], source: str = "max_shard_size") -> int:
+    """Bytes from an int or a string as transformers writes them: "16MiB" (2**20), "16MB" (10**6), "5GB", "800KB"."""
+    if isinstance(size, int) and not isinstance(size, bool):
+        value = size
+    else:
+        m = _SIZE.match(str(size))
+        if not m:
+            raise ValueError(f"{source}: got {size!r}, expected bytes as an integer or a size like '16MiB' or '5GB'")
+        value = int(float(m.group(1)) * _UNITS[(m.group(2) or "B").lower()])
+    if value < 1:
+        raise ValueError(f"{source}: got {size!r}, expected a positive size")
+    return value
+
+
+def parse_dtype(name: Union[str, torch.dtype, None], source: str = "dtype") -> Optional[torch.dtype]:
+    """A torch dtype from "bf16" / "bfloat16" / "fp16" / "fp32" / a torch.dtype; None or "" keeps the model's."""
+    if name is None or name == "" or isinstance(name, torch.dtype):
+        return name or None
+    if name not in _DTYPES:
+        raise ValueError(f"{source}: got {name!r}, expected one of {sorted(_DTYPES)}")
+    return _DTYPES[name]
+
+
+def _header_bytes(name: str, tensor: torch.Tensor) -> int:
+    # a safetensors header entry: "name":{"dtype":"BF16","shape":[...],"data_offsets":[a,b]}, with room for
+    # 20-digit offsets; an upper bound, so that a shard's file (not only its tensors) stays within the limit
+    return len(name) + len(str(list(tensor.shape))) + 96
+
+
+def plan_shards(tensors: Dict[str, torch.Tensor], max_bytes: int) -> List[List[str]]:
+    """Tensor names cut into shards, in sorted-name order, each shard's *file* at most `max_bytes` (tensor data +
+    its header). A tensor that cannot fit a file of its own is an error: transformers would write an oversize
+    shard, but a limit on files is here a hard one (what a machine can send back, what a hub accepts)."""
+    shards: List[List[str]] = []
+    used = max_bytes  # forces a first shard
+    base = 8 + 64  # the header's length prefix, braces and the __metadata__ entry
+    for name in sorted(tensors):
+        t = tensors[name]
+        size = t.numel() * t.element_size() + _header_bytes(name, t)
+        if base + size > max_bytes:
+            raise ValueError(f"max_shard_size: tensor {name} {tuple(t.shape)} {t.dtype} takes {size:,} bytes, more "
+                             f"than a shard of {max_bytes:,} bytes can hold (tensors are not split across shards)")
+        if used + size > max_bytes:
+            shards.append([])
+            used = base
+        shards[-1].append(name)
+        used += size
+    return shards
+
+
+def save_pretrained(model: CausalLM, directory: PathLike, *, dtype: Union[str, torch.dtype, None] = None,
+                    max_shard_size: Union[int, str, None] = None) -> None:
+    """Write `config.json` + the weights (transformers' names; a tied head is stored once).
+
+    dtype: cast the saved tensors ("bf16", torch.bfloat16, ...; None keeps each tensor's dtype) and record it as
+    config.json's `torch_dtype`. max_shard_size: with it, transformers' sharded layout (`model-0000k-of-0000N.
+    safetensors` + `model.safetensors.index.json`), every file at most that size ("16MiB", bytes); without it one
+    `model.safetensors`. Weight files of an earlier save that the new one does not use are removed once the new
+    ones are in place (a stale model.safetensors would otherwise win over a new index when loading)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    config = json.dumps(model.config.to_hf_dict(), indent=2, sort_keys=True)
+    cast = parse_dtype(dtype)
+    tensors = {k: v.detach().to(device="cpu", dtype=cast or v.dtype).contiguous() for k, v in model.state_dict().items()}
+    hf = model.config.to_hf_dict()
+    if cast is not None:
+        hf["torch_dtype"] = str(cast).removeprefix("torch.")
+    config = json.dumps(hf, indent=2, sort_keys=True)
     # weights first: a config.json on disk never points at weights that are not (yet) there
-    _atomic_write(directory / "model.safetensors", lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    if max_shard_size is None or max_shard_size == "":
+        _atomic_write(directory / _SINGLE, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+        written = {_SINGLE}
+    else:
+        written = _save_shards(tensors, directory, parse_size(max_shard_size))
+    for stale in _weight_files(directory):
+        if stale not in written:
+            (directory / stale).unlink(missing_ok=True)
     _atomic_write(directory / "config.json", lambda tmp: Path(tmp).write_text(config + "\n"))
+
+
+def _save_shards(tensors: Dict[str, torch.Tensor], directory: Path, max_bytes: int) -> set:
+    plan = plan_shards(tensors, max_bytes)
+    names = [f"model-{i + 1:05d}-of-{len(plan):05d}.safetensors" for i in range(len(plan))]
+    for name, keys in zip(names, plan):
+        part = {k: tensors[k] for k in keys}
+        _atomic_write(directory / name, lambda tmp, part=part: save_file(part, tmp, metadata={"format": "pt"}))
+        size = (directory / name).stat().st_size
+        assert size <= max_bytes, f"{directory / name}: {size} bytes over the planned {max_bytes}"  # plan_shards' bound
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    index = {"metadata": {"total_size": total},
+             "weight_map": {k: name for name, keys in zip(names, plan) for k in keys}}
+    # the index last: it is what makes the shards a checkpoint; a single model.safetensors left by an earlier
+    # save would still win in read_tensors until it is removed just after this
+    _atomic_write(directory / _INDEX, lambda tmp: Path(tmp).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n"))
+    return {*names, _INDEX}
+
+
+def _weight_files(directory: Path) -> List[str]:
+    """The safetensors weight files of a Hugging Face directory: model.safetensors, the index, its shards."""
+    return sorted(p.name for p in directory.iterdir() if p.name in (_SINGLE, _INDEX) or _SHARD.match(p.name))
+
+
+def checkpoint_files(directory: PathLike) -> List[Path]:
+    """The files that hold a checkpoint's weights, in hashing order: `model.safetensors`, or the index followed by
+    its shards in name order (the order transformers numbers them)."""
+    directory = Path(directory)
+    single, index = directory / _SINGLE, directory / _INDEX
+    if single.is_file():  # read_tensors' precedence
+        return [single]
+    if index.is_file():
+        weight_map = json.loads(index.read_text()).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{index}: no 'weight_map' object")
+        return [index, *(directory / shard for shard in sorted(set(weight_map.values())))]
+    raise FileNotFoundError(f"{directory}: no safetensors weights (looked for {_SINGLE}, {_INDEX})")
+
+
+def checkpoint_sha256(directory: PathLike) -> str:
+    """The checkpoint's identity: sha256 over the bytes of `checkpoint_files` in order. For a single
+    model.safetensors that is the file's own sha256 (`sha256sum model.safetensors`), so hashes recorded before
+    sharding existed still mean the same thing; config.json is not part of it (it holds no weights)."""
+    h = hashlib.sha256()
+    for path in checkpoint_files(directory):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: listed in {directory / _INDEX} but missing")
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
 
 
 def _atomic_write(target: Path, write: Callable[[str], None]) -> None:
@@ -206,4 +334,4 @@ def _atomic_write(target: Path, write: Callable[[str], None]) -> None:
 
 
 __all__ = ["CheckpointError", "resolve", "read_config", "read_tensors", "check_tensors", "load_model",
-           "save_pretrained"]
+           "save_pretrained", "checkpoint_files", "checkpoint_sha256", "parse_size", "parse_dtype", "plan_shards"]

@@ -36,8 +36,11 @@ class TrainConfig:
     early_stopping_patience: int = 0  # evaluations without improvement before stopping; 0: never stop early
     metric_for_best: str = "eval_loss"
     greater_is_better: bool = False
+    load_best_model_at_end: bool = False  # `final` holds the weights of the best evaluation, not the last step's
     save_every: int = 0               # optimiser steps between checkpoints; 0: none
     keep_checkpoints: int = 2
+    save_dtype: str = ""              # model directories (best/, final/): "" keeps the parameters' dtype | "bf16" | ...
+    max_shard_size: str = ""          # model directories: "" one model.safetensors | "16MiB": shards + index (HF layout)
     resume: bool = True               # continue from the newest complete checkpoint in output_dir, if any
     log_every: int = 1
     progress: bool = True             # tqdm bar
@@ -59,6 +62,14 @@ class TrainConfig:
                      "sdt_warmup_steps"):
             if getattr(self, name) < 0:
                 raise TrainConfigError(f"{name}: got {getattr(self, name)!r}, expected >= 0")
+        from ..models.io import parse_dtype, parse_size
+
+        try:
+            parse_dtype(self.save_dtype, "save_dtype")
+            if self.max_shard_size:
+                parse_size(self.max_shard_size, "max_shard_size")
+        except ValueError as e:
+            raise TrainConfigError(str(e)) from None
         if self.max_steps == 0 and not self.epochs > 0:
             raise TrainConfigError("set max_steps > 0 or epochs > 0")
 

@@ -236,47 +236,146 @@ __all__ = ["RunConfig", "ModelSpec", "MethodSpec", "DataSpec", "EvalSpec", "SECT
 
 # -- pretraining from scratch -------------------------------------------------------------------------------------
 
-def sha256_of(path) -> str:
-    import hashlib
+def read_token_stream(path: str):
+    """A pre-tokenized corpus: a 1-D integer .npy (documents each followed by eos, as `tokenizer.pack` joins
+    them), memory-mapped, and the metadata of the .json beside it (`vocab_size`, `eos_id`), {} when absent.
+    Read with allow_pickle=False: a .npy of objects is refused, never unpickled."""
+    import numpy as np
 
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no such token file ([data] tokens)")
+    try:
+        ids = np.load(p, mmap_mode="r", allow_pickle=False)
+    except ValueError as e:
+        raise TrainConfigError(f"{p}: not a plain .npy array of token ids ({e})") from None
+    if ids.ndim != 1 or ids.dtype.kind not in "iu":
+        raise TrainConfigError(f"{p}: expected a 1-D integer array of token ids, got shape {ids.shape} {ids.dtype}")
+    meta_path = p.with_suffix(".json")
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    return ids, meta
+
+
+def check_token_ids(ids, vocab_size: int, source: str) -> None:
+    """Every id must index the embedding: an id out of range would fail deep inside the first forward."""
+    import numpy as np
+
+    if len(ids) and (int(ids.max()) >= vocab_size or int(ids.min()) < 0):
+        where = int(np.argmax((ids >= vocab_size) | (ids < 0)))
+        raise TrainConfigError(f"{source}: token id {int(ids[where])} at position {where} is outside the model's "
+                               f"vocabulary (vocab_size {vocab_size}); was it made with another tokenizer?")
+
+
+def token_blocks(ids, block_size: int, source: str):
+    """A token stream cut into consecutive blocks, the partial last one dropped: what `lm_blocks` does to text."""
+    import numpy as np
+
+    from ..data.batching import Blocks
+
+    n = len(ids) // block_size
+    return Blocks(np.asarray(ids[: n * block_size], dtype=np.int64).reshape(n, block_size), source)
+
+
+def write_curve(log_path: Path, target: Path) -> List[Dict[str, Any]]:
+    """The learning curve from log.jsonl, one row per evaluation: the step, the mean training loss over the steps
+    since the previous evaluation, the held-out loss and perplexity, the learning rate. Written as CSV."""
+    import math
+
+    from .trainer import read_log
+
+    rows, pending = [], []
+    for record in read_log(log_path):
+        if "loss" in record:
+            pending.append(record)
+        if "eval_loss" in record:
+            train = [r["loss"] for r in pending]
+            rows.append({"step": record["step"], "train_loss": sum(train) / len(train) if train else float("nan"),
+                         "eval_loss": record["eval_loss"], "eval_perplexity": math.exp(min(record["eval_loss"], 50)),
+                         "lr": pending[-1]["lr"] if pending else float("nan")})
+            pending = []
+    lines = ["step,train_loss,eval_loss,eval_perplexity,lr"]
+    lines += [f"{r['step']},{r['train_loss']:.6f},{r['eval_loss']:.6f},{r['eval_perplexity']:.4f},{r['lr']:.6g}" for r in rows]
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(target)
+    return rows
 
 
 def pretrain(architecture: Dict[str, Any], corpus: List[str], tokenizer_path: str, block_size: int,
-             train: TrainConfig, log=print, eval_fraction: float = 0.02) -> Dict[str, Any]:
-    """A model from scratch on plain text: `architecture` is a config dict (`model_type` "mamba" or "mamba2"
-    plus its fields; vocab_size defaults to the tokenizer's), the corpus files are packed into fixed blocks
-    (eos between documents), a seeded few percent of blocks are held out. Deterministic for a given seed on
-    CPU. Writes output_dir/final (Hugging Face format) and returns its sha256 (also in final/model.sha256)."""
+             train: TrainConfig, log=print, eval_fraction: float = 0.02, tokens: str = "") -> Dict[str, Any]:
+    """A model from scratch: `architecture` is a config dict (`model_type` "mamba" or "mamba2" plus its fields).
+
+    The text is either `corpus` (files or directories of .txt, tokenized with `tokenizer_path`) or `tokens`, a
+    pre-tokenized 1-D .npy stream (vocab_size, eos and pad from the architecture, else the tokenizer if given,
+    else the .json beside the .npy). It is cut into fixed blocks (eos between documents); a seeded
+    `eval_fraction` of the blocks is held out. Deterministic for a given seed on CPU. Writes output_dir/final
+    (Hugging Face format; with train.load_best_model_at_end the best evaluation's weights), its sha256
+    (final/model.sha256, `checkpoint_sha256`), output_dir/curve.csv and output_dir/pretrain.json."""
+    import math
+
     import torch
 
     from ..data import Tokenizer, lm_blocks, read_texts
     from ..data.batching import Blocks
-    from ..models import config_from_hf_dict, model_from_config
+    from ..models import checkpoint_sha256, config_from_hf_dict, load_model, model_from_config
+    from ..models.io import checkpoint_files
     from .trainer import Trainer, seed_everything
 
-    tokenizer = Tokenizer(tokenizer_path)
+    if not 0.0 <= eval_fraction < 1.0:
+        raise TrainConfigError(f"[data] eval_fraction: got {eval_fraction!r}, expected 0 <= eval_fraction < 1")
+    if bool(tokens) == bool(corpus):
+        raise TrainConfigError("[data] needs either corpus (text files, with tokenizer) or tokens (a .npy of ids)")
+    tokenizer = Tokenizer(tokenizer_path) if tokenizer_path else None
     arch = dict(architecture)
-    arch.setdefault("vocab_size", tokenizer.vocab_size)
-    arch.setdefault("eos_token_id", tokenizer.eos_id)
-    arch.setdefault("pad_token_id", tokenizer.pad_id)
-    arch.setdefault("bos_token_id", tokenizer.eos_id)
+    if tokens:
+        ids, meta = read_token_stream(tokens)
+        vocab = arch.get("vocab_size") or (tokenizer.vocab_size if tokenizer else meta.get("vocab_size"))
+        if not vocab:
+            raise TrainConfigError(f"[model] vocab_size: needed for {tokens} (no tokenizer, and no vocab_size in "
+                                   f"{Path(tokens).with_suffix('.json')})")
+        check_token_ids(ids, int(vocab), tokens)
+        eos = tokenizer.eos_id if tokenizer else meta.get("eos_id")
+        pad = tokenizer.pad_id if tokenizer else eos
+        arch.setdefault("vocab_size", int(vocab))
+    else:
+        if tokenizer is None:
+            raise TrainConfigError("[data] corpus needs tokenizer (a tokenizer.json)")
+        eos, pad = tokenizer.eos_id, tokenizer.pad_id
+        arch.setdefault("vocab_size", tokenizer.vocab_size)
+    for key, value in (("eos_token_id", eos), ("pad_token_id", pad), ("bos_token_id", eos)):
+        if value is not None:
+            arch.setdefault(key, value)
     config = config_from_hf_dict(arch, "[model]")
-    blocks = lm_blocks(tokenizer, read_texts(corpus), block_size, source=", ".join(corpus))
+    blocks = token_blocks(ids, block_size, tokens) if tokens else lm_blocks(tokenizer, read_texts(corpus), block_size,
+                                                                            source=", ".join(corpus))
     order = torch.randperm(len(blocks), generator=torch.Generator().manual_seed(train.seed)).numpy()
-    n_eval = max(1, int(len(blocks) * eval_fraction)) if len(blocks) > 1 else 0
+    n_eval = max(1, int(len(blocks) * eval_fraction)) if len(blocks) > 1 and eval_fraction > 0 else 0
     eval_blocks = Blocks(blocks.blocks[order[:n_eval]]) if n_eval else None
     train_blocks = Blocks(blocks.blocks[order[n_eval:]])
     log(f"corpus: {len(blocks)} blocks of {block_size} tokens ({len(train_blocks)} train, {n_eval} held out)")
     seed_everything(train.seed)
     model = model_from_config(config)
-    log(f"model: {type(model).__name__}, {sum(p.numel() for p in model.parameters()):,} parameters")
-    result = Trainer(model, train, train_blocks, eval_blocks, pad_id=tokenizer.pad_id).train()
-    final = Path(train.output_dir) / "final"
-    digest = sha256_of(final / "model.safetensors")
-    (final / "model.sha256").write_text(f"{digest}  model.safetensors\n")
-    return {**result, "sha256": digest, "model": str(final), "parameters": sum(p.numel() for p in model.parameters())}
+    parameters = sum(p.numel() for p in model.parameters())
+    log(f"model: {type(model).__name__}, {parameters:,} parameters")
+    trainer = Trainer(model, train, train_blocks, eval_blocks, pad_id=pad if pad is not None else 0)
+    result = trainer.train()
+    out = Path(train.output_dir)
+    final = out / "final"
+    digest = checkpoint_sha256(final)
+    files = [f.name for f in checkpoint_files(final)]
+    # one file: `sha256sum -c` format; shards: the hash runs over the files in the order listed
+    (final / "model.sha256").write_text(f"{digest}  {' + '.join(files)}\n")
+    summary = {**result, "sha256": digest, "model": str(final), "parameters": parameters,
+               "train_blocks": len(train_blocks), "eval_blocks": n_eval, "block_size": block_size}
+    if eval_blocks is not None:
+        # the checkpoint as saved (save_dtype), read back the way every later run reads it
+        saved = load_model(final, device=trainer.device)
+        eval_loss = trainer.evaluate(saved)["eval_loss"]
+        summary.update(eval_loss=eval_loss, eval_perplexity=math.exp(min(eval_loss, 50)),
+                       curve=str(out / "curve.csv"), curve_rows=write_curve(out / "log.jsonl", out / "curve.csv"))
+    tmp = out / "pretrain.json.tmp"
+    tmp.write_text(json.dumps({"summary": summary, "architecture": config.to_hf_dict(), "train": train.to_dict(),
+                               "data": {"corpus": corpus, "tokens": tokens, "eval_fraction": eval_fraction}},
+                              indent=2, default=str) + "\n")
+    tmp.replace(out / "pretrain.json")
+    return summary

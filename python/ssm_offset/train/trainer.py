@@ -133,6 +133,7 @@ class Trainer:
         self.device = self._device()
         self.output_dir = Path(config.output_dir)
         self.history: List[Dict[str, Any]] = []
+        self._best_state: Optional[Dict[str, torch.Tensor]] = None  # CPU copy of the best evaluation's weights
 
     # -- set-up ---------------------------------------------------------------------------------------------
     def _device(self) -> torch.device:
@@ -181,6 +182,11 @@ class Trainer:
         peft_type = active_peft_type(model)
         if peft_type == "SDT" and cfg.sdt_warmup_steps == 0:
             raise TrainConfigError("SDT needs sdt_warmup_steps > 0 (steps of ΔA_log warm-up before selection)")
+        if cfg.load_best_model_at_end and self.eval_data is None and self.metrics_fn is None:
+            raise TrainConfigError("load_best_model_at_end needs evaluation data (or metrics_fn) to pick the best")
+        if cfg.load_best_model_at_end and cfg.distributed == "fsdp" and world.active:
+            raise TrainConfigError("load_best_model_at_end is not supported with distributed = 'fsdp' (the weights "
+                                   "are sharded); use the best/ directory the Trainer writes")
         if cfg.distributed == "fsdp" and peft_type is not None:
             raise TrainConfigError("distributed = 'fsdp' is for full fine-tuning of a plain model (not a PeftModel); "
                                    "adapters are small and train with 'ddp'")
@@ -241,9 +247,27 @@ class Trainer:
                 self._save_checkpoint(model, opt, sched, scaler, step, epoch, position, early)
         bar.close()
         logger.close()
+        if cfg.load_best_model_at_end and early["best"] is not None:
+            self._restore_best(model)
         self._save_collectively(self.output_dir / "final")
-        return {"step": step, "loss": last_loss, "best": early["best"], "stopped_early": early["stopped"],
-                "seconds": time.perf_counter() - start_time, "log": str(self.output_dir / "log.jsonl")}
+        return {"step": step, "loss": last_loss, "best": early["best"], "best_step": early.get("best_step"),
+                "stopped_early": early["stopped"], "seconds": time.perf_counter() - start_time,
+                "log": str(self.output_dir / "log.jsonl")}
+
+    def _restore_best(self, model) -> None:
+        """Put the best evaluation's weights back into the model (load_best_model_at_end). They were kept in
+        memory at full precision; a run resumed after its best evaluation reads them from best/ instead."""
+        state = self._best_state
+        if state is None:
+            best = self.output_dir / "best"
+            if isinstance(model, PeftModel) and active_peft_type(model) != "FULL":
+                raise TrainConfigError(f"load_best_model_at_end: the best evaluation came before this resumed run; "
+                                       f"load the adapter in {best} with PeftModel.from_pretrained")
+            from ..models.io import read_tensors
+
+            state, _ = read_tensors(best)
+            state = {k: v for k, v in state.items() if k in trained_state(model)}
+        load_trained_state(model, state, "best weights")
 
     def _step(self, net, indices, opt, sched, scaler, params):
         """One optimiser step on one global batch; returns this process's (loss sum, target tokens, inputs)."""
@@ -336,7 +360,9 @@ class Trainer:
         best = early["best"]
         better = best is None or (value > best if cfg.greater_is_better else value < best)
         if better:
-            early["best"], early["bad_evals"] = value, 0
+            early["best"], early["best_step"], early["bad_evals"] = value, step, 0
+            if cfg.load_best_model_at_end:
+                self._best_state = {k: v.detach().to("cpu", copy=True) for k, v in trained_state(model).items()}
             self._save_collectively(self.output_dir / "best")
         else:
             early["bad_evals"] += 1
@@ -396,17 +422,21 @@ class Trainer:
             if self.world.is_main:
                 plain = model_from_config(self.model.config)
                 plain.load_state_dict(full)
-                plain.save_pretrained(directory)
+                plain.save_pretrained(directory, dtype=self.config.save_dtype or None,
+                                      max_shard_size=self.config.max_shard_size or None)
         elif self.world.is_main:
             self.save(directory)
         distributed.barrier()
 
     def save(self, directory) -> None:
         """The trained result: an adapter directory (PeftModel) or a Hugging Face model directory, written
-        atomically."""
+        atomically; a model directory takes save_dtype and max_shard_size (adapters are small and keep theirs)."""
         model = self.model
-        if hasattr(model, "save_pretrained"):
+        if isinstance(model, PeftModel):
             model.save_pretrained(directory)
+        elif hasattr(model, "save_pretrained"):
+            model.save_pretrained(directory, dtype=self.config.save_dtype or None,
+                                  max_shard_size=self.config.max_shard_size or None)
         else:
             raise TypeError(f"{type(model).__name__} has no save_pretrained")
 
