@@ -91,7 +91,7 @@ def test_full_flow_two_seeds_then_merge(setup):
     merged = json.loads((tmp / "merged.json").read_text())
     assert sorted(merged["seeds"]) == ["0", "1"]
     for seed, r in merged["seeds"].items():
-        assert r["stages_done"] == ["experts", "classifier", "prompt", "loo"]
+        assert r["stages_done"] == ["experts", "loo", "classifier", "prompt"]
         assert sorted(r["experts"]) == sorted(mod.TASKS)
         route = r["routing_classifier"]
         assert route["requests"] == 8 and 0 <= route["accuracy"] <= 1 and route["chance"] == 0.25

@@ -4,7 +4,7 @@
 # small kernels, launch-bound), each time-boxed by LIMIT seconds and writing its JSON after every stage, then
 # they are merged into $OUT/adapt-tasks-$MACHINE.{json,md}. Extra arguments go to every seed process.
 #
-# carry: .carry/bases/mamba2 (the base, HF layout), .carry/adapt-data (made here by
+# carry: .carry/bases/mamba2 (the base, HF layout, in it or in its final/), .carry/adapt-data (made here by
 #        `python benches/adapt_tasks.py --prepare .carry/adapt-data`), .whl (our wheel under .whl/core/)
 # Usage: bash benches/gpu/adapt_tasks.sh [--steps 300 ...]
 set -uo pipefail
@@ -13,6 +13,7 @@ OUT=${OUT:-/tmp/out}; SITE=${SITE:-/tmp/site}; mkdir -p "$OUT" "$SITE"
 MODEL=${MODEL:-.carry/bases/mamba2}; DATA=${DATA:-.carry/adapt-data}; MACHINE=${MACHINE:-h100}
 LIMIT=${LIMIT:-300}; SEEDS=${SEEDS:-0 1 2}
 T0=$(date +%s); t() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
+[ -e "$MODEL/final/config.json" ] && MODEL=$MODEL/final  # `ssm-offset pretrain` writes the model under final/
 for need in "$MODEL/config.json" "$DATA/glue/SST-2/train.tsv" "$DATA/tokenizers/gpt-neox-20b/tokenizer.json"; do
   [ -e "$need" ] || { echo "missing $need (see the carry list at the top of this script)"; exit 2; }
 done
