@@ -10,7 +10,7 @@ from ssm_offset.adapt import FewShotSet, SelfAdaptiveModel, classifier_data, few
 from ssm_offset.adapt.self_adaptive import OTHERS
 from ssm_offset.adapt.train import fit_cross_entropy
 from ssm_offset.models import MambaConfig, MambaForCausalLM
-from ssm_offset.peft import config_for, get_peft_model
+from ssm_offset.peft import AdapterError, config_for, get_peft_model
 
 PROMPT = "Q: {request}\nC:"  # short on purpose (the default is the paper's long prompt)
 CATEGORIES = {"math": "abcde", "code": "pqrst", OTHERS: "0123456789"}
@@ -66,6 +66,36 @@ def test_prompt_strategy_routes_with_a_base_fine_tuned_to_answer_the_prompt():
             peft.set_adapter(sam.experts[choice])
             ref = peft.generate([encode(req)], 4, eos_token_id=[])
         assert answer == ref[0].tolist()
+
+
+def test_prompt_strategy_with_a_dispatcher_adapter_and_others_to_the_base():
+    """The real-task bench's form (the base stays the experts' base): an adapter, not the base, is fine-tuned to
+    answer the prompt; pass one runs with it, then the active adapter is back; "others" requests get base weights."""
+    peft = get_peft_model(char_model(embedding_scale=5.0), config_for("lora-inout"), adapter_name="dispatch")
+    for name in ("math_expert", "code_expert"):
+        peft.add_adapter(name, config_for("lora-inout"))
+    train_expert(peft, "dispatch", classifier_data(requests(40, 0), encode, PROMPT, eos_id=0), steps=60, lr=2e-2,
+                 batch_size=16)
+    peft.set_adapter("code_expert")
+    experts = {"math": "math_expert", "code": "code_expert"}
+    sam = SelfAdaptiveModel(peft, experts, encode=encode, prompt=PROMPT, dispatcher="dispatch")
+    acc, reqs, chosen = routing_accuracy(sam, requests(10, 99))
+    assert peft.active_adapter == "code_expert"
+    # pass one is the dispatcher's own greedy answer, parsed
+    peft.set_adapter("dispatch")
+    direct = peft.generate([sam.dispatch_prompt(r) for r in reqs], sam.dispatch_tokens, eos_token_id=[])
+    assert chosen == [sam.parse(a) for a in direct.tolist()]
+    # measured 1.0 (chance 1/3)
+    assert acc >= 0.9, f"dispatcher-adapter routing accuracy {acc:.2f} on 30 held-out requests (chance 1/3)"
+    base_choice = SelfAdaptiveModel(peft, experts, encode=encode, prompt=PROMPT).choose(reqs)
+    assert base_choice != chosen  # the untrained base answers differently: the adapter did the routing
+    out, choices = sam.generate(reqs, 4, return_choices=True, eos_token_id=[])
+    others = [i for i, c in enumerate(choices) if c is None]
+    assert others
+    with peft.disable_adapter():
+        assert [out[i] for i in others] == peft.generate([encode(reqs[i]) for i in others], 4, eos_token_id=[]).tolist()
+    with pytest.raises(AdapterError):
+        SelfAdaptiveModel(peft, experts, encode=encode, dispatcher="nope")
 
 
 def test_parse_takes_the_first_category_named_and_others_means_base():

@@ -10,7 +10,9 @@ Strategies:
 - "prompt": the base model (every adapter off) completes `prompt` — which names the categories and asks for
   one of them or "others" — and the first category named in its answer picks the expert; "others" or no
   category picks the base weights. Answers are matched on token ids (each category's ids, with and without
-  a leading space), so no detokenizer is needed.
+  a leading space), so no detokenizer is needed. `dispatcher` names an adapter that answers the prompt in
+  place of the base weights: a tiny base cannot follow the prompt, so the mechanism is tested with an
+  adapter fine-tuned to answer it (`classifier_data` with "others" requests, then `train_expert`).
 - "classifier": an expert trained on (prompt(request) → category) pairs (`classifier_data`, then
   `train_expert`) scores every category's tokens, "others" included, and the highest mean log-likelihood
   per token wins (constrained decoding of the category names).
@@ -65,9 +67,11 @@ class SelfAdaptiveModel:
 
     def __init__(self, model: PeftModel, experts: Union[Mapping[str, str], Sequence[str]], strategy: str = "prompt",
                  *, encode: Optional[Callable[[str], List[int]]] = None, prompt: str = DEFAULT_PROMPT,
-                 classifier: Optional[str] = None, dispatch_tokens: int = 8, classify_rows: Optional[int] = None):
-        """`classify_rows`: most (request, category) rows per classifier forward (default: all on a GPU, 256 on
-        CPU)."""
+                 classifier: Optional[str] = None, dispatcher: Optional[str] = None, dispatch_tokens: int = 8,
+                 classify_rows: Optional[int] = None):
+        """`dispatcher`: the adapter that answers the classification prompt for strategy "prompt" (default: the
+        base weights). `classify_rows`: most (request, category) rows per classifier forward (default: all on a
+        GPU, 256 on CPU)."""
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy: got {strategy!r}, expected one of {list(STRATEGIES)}")
         if not isinstance(model, PeftModel):
@@ -84,6 +88,9 @@ class SelfAdaptiveModel:
             if classifier is None:
                 raise ValueError("strategy 'classifier' needs `classifier`, the adapter trained to name categories")
             model._check_name(classifier)
+        if dispatcher is not None:
+            model._check_name(dispatcher)
+        self.dispatcher = dispatcher
         self.strategy, self.encode, self.prompt = strategy, encode, prompt
         self.classifier, self.dispatch_tokens = classifier, dispatch_tokens
         on_gpu = model.base_model.lm_head.weight.device.type == "cuda"
@@ -135,8 +142,16 @@ class SelfAdaptiveModel:
             return ["few-shot"] * len(requests)
         prompts = [self.dispatch_prompt(r) for r in requests]
         if self.strategy == "prompt":
-            with self.model.disable_adapter():
-                answers = self.model.generate(prompts, self.dispatch_tokens, eos_token_id=[])
+            if self.dispatcher is None:
+                with self.model.disable_adapter():
+                    answers = self.model.generate(prompts, self.dispatch_tokens, eos_token_id=[])
+            else:
+                active = self.model.active_adapter
+                self.model.set_adapter(self.dispatcher)
+                try:
+                    answers = self.model.generate(prompts, self.dispatch_tokens, eos_token_id=[])
+                finally:
+                    self.model.set_adapter(active)
             return [self.parse(a) for a in answers.tolist()]
         return self._classify(prompts)
 
