@@ -1,6 +1,10 @@
 """`ssm-offset compare CONFIG.toml --methods state-offset-h,lora-s6,prompt [--section.key VALUE ...]`: the same
 data, base model and budget for several methods, plus the untuned base model. Prints a table (metric, held-out
-loss, trainable parameters, time) and saves a PNG of the loss curves; results.json holds the numbers."""
+loss, trainable parameters, time) and saves a PNG of the loss curves; results.json holds the numbers.
+
+`ssm-offset compare --grid GRID.toml --workers N [--max-minutes M]`: the same comparison as a resumable grid of
+(base, task, method, learning rate, seed) cells on prepared token arrays, run by worker processes over the visible
+GPUs, each finished cell appended to a JSONL file (ssm_offset/cli/grid.py; benches/quality/ uses it)."""
 from __future__ import annotations
 
 import copy
@@ -109,19 +113,45 @@ def plot_losses(out: Path, rows: List[Dict[str, Any]], path: Path) -> str:
 
 
 def run(args) -> int:
-    from .train import load_run
+    from .train import load_run, parse_overrides
 
+    if args.grid:
+        from .grid import run_grid
+
+        if args.config:
+            raise ValueError("give either a run config or --grid, not both")
+        overrides = parse_overrides(args.overrides)
+        for flag, key in (("models", "grid.models"), ("tasks", "grid.tasks"), ("methods", "grid.methods")):
+            if getattr(args, flag):
+                overrides.append((key, getattr(args, flag)))
+        summary = run_grid(args.grid, workers=args.workers, max_minutes=args.max_minutes, overrides=overrides,
+                           retry_errors=args.retry_errors, dry_run=args.dry_run)
+        print(json.dumps(summary))
+        return 0
     config = load_run(args.config, args.overrides)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = [m.strip() for m in (args.methods or DEFAULT_METHODS).split(",") if m.strip()]
     result = compare(config, methods)
     print("\n" + table(result["rows"]))
     print(f"\nloss curves: {result['plot']}")
     return 0
 
 
+DEFAULT_METHODS = "state-offset-h,lora-s6,prompt"
+
+
 def register(sub) -> None:
     p = sub.add_parser("compare", help="several methods on the same data and budget: table + loss-curve plot",
                        description=__doc__)
     p.add_argument("config", nargs="?", default="")
-    p.add_argument("--methods", default="state-offset-h,lora-s6,prompt")
+    p.add_argument("--methods", default="", help=f"comma-separated method names (default {DEFAULT_METHODS}; "
+                                                 "with --grid: only these of the grid's)")
+    g = p.add_argument_group("a grid of cells (model, task, method, lr, seed); see ssm_offset/cli/grid.py")
+    g.add_argument("--grid", default="", help="a grid TOML file: run its pending cells, appending to its results")
+    g.add_argument("--workers", type=int, default=1, help="worker processes, spread over the visible GPUs")
+    g.add_argument("--max-minutes", type=float, default=0.0,
+                   help="start no cell that would end after this many minutes (0: no limit)")
+    g.add_argument("--models", default="", help="only these of the grid's models (comma-separated)")
+    g.add_argument("--tasks", default="", help="only these of the grid's tasks (comma-separated)")
+    g.add_argument("--retry-errors", action="store_true", help="run again the cells recorded with an error")
+    g.add_argument("--dry-run", action="store_true", help="say how many cells are finished and ready, run none")
     p.set_defaults(func=run, accepts_overrides=True)

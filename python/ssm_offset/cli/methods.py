@@ -50,7 +50,6 @@ def trainable_count(model, name: str) -> int:
     import copy
 
     from ssm_offset.peft import config_for, get_peft_model
-    from ssm_offset.peft.delta import ParamDelta
 
     peft = get_peft_model(copy.deepcopy(model), config_for(name))
     if name == "sdt":
@@ -58,12 +57,20 @@ def trainable_count(model, name: str) -> int:
 
         sdt.begin_warmup(peft)
         sdt.select_dimensions(peft, config=peft.peft_config["default"])
-        dense = sum(p.numel() for m in peft.modules() if isinstance(m, ParamDelta) for p in m.delta.values())
-        free = sum(int(m.mask("default").sum() if m.mask("default") is not None else 0)
-                   for m in peft.modules() if isinstance(m, ParamDelta))
-        # x_proj's mask covers B and C rows: count each kept (d, n) once per matrix
-        return peft.get_nb_trainable_parameters()[0] - dense + free
-    return peft.get_nb_trainable_parameters()[0]
+    return count_trainable(peft)
+
+
+def count_trainable(peft) -> int:
+    """Trainable parameters of a PeftModel, where a masked delta (SDT after its selection) counts only the
+    entries its mask leaves free."""
+    from ssm_offset.peft.delta import ParamDelta
+
+    name = peft.active_adapter
+    masked = [m for m in peft.modules() if isinstance(m, ParamDelta) and m.mask(name) is not None]
+    dense = sum(m.delta[name].numel() for m in masked)
+    # x_proj's mask covers B and C rows: count each kept (d, n) once per matrix
+    free = sum(int(m.mask(name).sum()) for m in masked)
+    return peft.get_nb_trainable_parameters()[0] - dense + free
 
 
 def run(args) -> int:

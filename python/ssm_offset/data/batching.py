@@ -18,7 +18,10 @@ Example = Dict[str, np.ndarray]
 
 class Examples(Sequence):
     """Examples held as flat arrays (what `Tokenizer.encode_pairs` returns): item i is
-    {input_ids, labels}[offsets[i]:offsets[i+1]]."""
+    {input_ids, labels}[offsets[i]:offsets[i+1]]; `prompt(i)` its prompt ids when `prompt_lengths` is there.
+
+    `save` / `load` keep them as a safetensors file with the Rust tokenization cache's layout (input_ids,
+    labels, offsets, prompt_lengths), so a machine without the tokenizer or the raw data can train on them."""
 
     def __init__(self, arrays: Mapping[str, np.ndarray], source: str = "dataset"):
         if "offsets" not in arrays:
@@ -26,8 +29,53 @@ class Examples(Sequence):
         self.input_ids = np.asarray(arrays["input_ids"], dtype=np.int64)
         self.labels = np.asarray(arrays.get("labels", arrays["input_ids"]), dtype=np.int64)
         self.offsets = np.asarray(arrays["offsets"], dtype=np.int64)
+        self.prompt_lengths = (np.asarray(arrays["prompt_lengths"], dtype=np.int64)
+                               if arrays.get("prompt_lengths") is not None else None)
         if len(self.offsets) < 2:
             raise DataError(f"{source}: no examples (the dataset is empty, or every record was dropped)")
+        if self.offsets[0] != 0 or self.offsets[-1] != len(self.input_ids) or np.any(np.diff(self.offsets) < 0) \
+                or len(self.labels) != len(self.input_ids):
+            raise DataError(f"{source}: offsets do not cut input_ids ({len(self.input_ids)} ids, {len(self.labels)} "
+                            f"labels) into examples")
+        if self.prompt_lengths is not None and (len(self.prompt_lengths) != len(self)
+                                                or np.any(self.prompt_lengths > self.lengths)):
+            raise DataError(f"{source}: prompt_lengths must give one length per example, none beyond it")
+
+    def prompt(self, i: int) -> np.ndarray:
+        """The prompt ids of example i (what generation starts from)."""
+        if self.prompt_lengths is None:
+            raise ValueError("these examples carry no prompt_lengths")
+        return self.input_ids[self.offsets[i] : self.offsets[i] + self.prompt_lengths[i]]
+
+    def save(self, path, metadata: Optional[Mapping[str, str]] = None) -> None:
+        """Writes the arrays (int32 ids and labels) atomically to a safetensors file."""
+        from pathlib import Path
+
+        from safetensors.numpy import save_file
+
+        tensors = {"input_ids": self.input_ids.astype(np.int32), "labels": self.labels.astype(np.int32),
+                   "offsets": self.offsets}
+        if self.prompt_lengths is not None:
+            tensors["prompt_lengths"] = self.prompt_lengths.astype(np.int32)
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(tensors, str(tmp), metadata=dict(metadata or {}))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path) -> "Examples":
+        from safetensors.numpy import load_file
+
+        try:
+            arrays = load_file(str(path))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: no such token file") from None
+        except Exception as exc:  # safetensors raises its own error types for a damaged header
+            raise DataError(f"{path}: not a readable safetensors token file ({exc})") from None
+        missing = [k for k in ("input_ids", "offsets") if k not in arrays]
+        if missing:
+            raise DataError(f"{path}: missing tensor(s) {missing}; expected input_ids, labels, offsets[, prompt_lengths]")
+        return cls(arrays, str(path))
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
