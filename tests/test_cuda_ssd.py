@@ -24,7 +24,7 @@ from ssm_offset.ops.ssd import ssd_scan  # noqa: E402
 from ssm_offset.ops.ssd import kernel as ssd_kernel  # noqa: E402
 from ssm_offset.ops.ssd.chunk import ssd_chunked  # noqa: E402
 
-from test_cuda_selective_scan import TOL, _pairwise, _poison  # noqa: E402
+from test_cuda_selective_scan import TOL, _documents, _pairwise, _poison  # noqa: E402
 
 pytestmark = pytest.mark.cuda
 
@@ -117,6 +117,25 @@ def _ssd_kernels():
 
 @pytest.mark.parametrize("case", CASES, ids=[_id(c) for c in CASES])
 def test_forward_backward_matches_float64_reference(case):
+    _check_against_reference(case, documents=False)
+
+
+SEQ_CASES = [
+    dict(length=L, shape=S, groups=G, dtype=dt, **flags)
+    for L, S, G, dt in ((7, (16, 16), 1, torch.float32), (1000, (64, 128), 2, torch.float32),
+                        (2049, (64, 128), 1, torch.bfloat16))
+    for flags in (ALL_ON, {**ALL_ON, "z": False, "initial_state": "shared", "state_offset": None},
+                  {**ALL_ON, "initial_state": None})
+]
+
+
+@pytest.mark.parametrize("case", SEQ_CASES, ids=[_id(c) for c in SEQ_CASES])
+def test_document_boundaries_match_float64_reference(case):
+    """Packed rows: mamba_ssm's seq_idx plus our restart of every document from the initial state."""
+    _check_against_reference(case, documents=True)
+
+
+def _check_against_reference(case, documents):
     seed = torch.seed() % (2**31)
     dt = case["dtype"]
     t = _inputs(case, seed)
@@ -124,14 +143,15 @@ def test_forward_backward_matches_float64_reference(case):
     leaves = {k: v.clone().requires_grad_(True) for k, v in t.items() if v is not None}
     ref = {k: v.detach().double().requires_grad_(True) for k, v in t.items() if v is not None}
     kw = dict(dt_softplus=case["softplus"], dt_limit=(0.01, 2.0) if case["dt_limit"] else (0.0, float("inf")))
+    seq = _documents(BATCH, case["length"], seed) if documents else None
 
     _poison()
-    y, final = ssd_scan(**leaves, **kw, chunk_size=64, return_final_state=True)
+    y, final = ssd_scan(**leaves, **kw, chunk_size=64, return_final_state=True, seq_idx=seq)
     torch.cuda.synchronize()
     r = {k: ref.get(k) for k in t}
     y_ref, final_ref = ssd_chunked(r["x"], r["dt"], r["A"], r["B"], r["C"], r["D"], r["z"], r["dt_bias"],
                                    kw["dt_softplus"], kw["dt_limit"], r["initial_state"], r["state_offset"],
-                                   r["y_offset"], 64)
+                                   r["y_offset"], 64, seq_idx=seq)
     failures = []
     _close("y", y, y_ref, dt, seed, failures)
     _close("final_state", final, final_ref, dt, seed, failures)

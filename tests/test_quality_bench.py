@@ -25,14 +25,14 @@ def _script(name):
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory):
     from ssm_offset.models import MambaConfig, MambaForCausalLM
-    from ssm_offset.train.run import sha256_of
+    from ssm_offset.models import checkpoint_sha256
 
     tmp = tmp_path_factory.mktemp("quality")
     torch.manual_seed(0)
     base = tmp / "bases" / "tiny"
     MambaForCausalLM(MambaConfig(vocab_size=2048, hidden_size=32, state_size=8, num_hidden_layers=2,
                                  eos_token_id=0, pad_token_id=1)).save_pretrained(base)
-    (base / "model.sha256").write_text(sha256_of(base / "model.safetensors") + "  model.safetensors\n")
+    (base / "model.sha256").write_text(checkpoint_sha256(base) + "  model.safetensors\n")
     manifest = _script("prepare").prepare(str(BUNDLED), str(BUNDLED / "tokenizer.json"), str(tmp / "data"), ["dart"],
                                           val_size=4, train_limit=48, test_limit=4, max_length=128, seed=0,
                                           log=lambda *_: None)

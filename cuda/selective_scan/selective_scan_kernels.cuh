@@ -23,6 +23,8 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <cstdlib>
+
 #include "selective_scan.h"
 
 namespace ssm_offset {
@@ -571,10 +573,12 @@ inline dim3 scan_grid(const ScanParams &p) {
 }
 
 // (NPT, LPC) by state size: 4 states per lane up to 128 states, 8 beyond; LPC lanes cover them.
-// Few channels (batch x D below 16384) leave most of the GPU idle with 4 states per lane: then one
-// state per lane, 16 lanes per channel, for up to 16 states.
-#define SSM_OFFSET_DISPATCH_NSTATE(N, W, ...)                 \
-  if ((N) <= 16 && (N) > 4 && (W) < 16384) { constexpr int NPT = 1, LPC = 16; __VA_ARGS__; } \
+// Few channels (batch x D below a threshold) leave most of the GPU idle with 4 states per lane: then (NARROW)
+// one state per lane, 16 lanes per channel, for up to 16 states. Thresholds measured on an H100 at N = 16, L 1024-
+// 8192 (benches/gpu/scan_layout.py, benches/results/scan-layout-h100.md): the forward is faster narrow below
+// 12,288 channels, the backward below 8,192. SSM_OFFSET_{FWD,BWD}_NARROW_BELOW (channels) move them.
+#define SSM_OFFSET_DISPATCH_NSTATE(N, NARROW, ...)                 \
+  if ((N) <= 16 && (N) > 4 && (NARROW)) { constexpr int NPT = 1, LPC = 16; __VA_ARGS__; } \
   else if ((N) <= 4) { constexpr int NPT = 4, LPC = 1; __VA_ARGS__; }       \
   else if ((N) <= 8) { constexpr int NPT = 4, LPC = 2; __VA_ARGS__; }  \
   else if ((N) <= 16) { constexpr int NPT = 4, LPC = 4; __VA_ARGS__; } \
@@ -583,16 +587,22 @@ inline dim3 scan_grid(const ScanParams &p) {
   else if ((N) <= 128) { constexpr int NPT = 4, LPC = 32; __VA_ARGS__; } \
   else { constexpr int NPT = 8, LPC = 32; __VA_ARGS__; }
 
+inline int narrow_below(bool backward) {
+  static const int fwd = [] { const char *e = std::getenv("SSM_OFFSET_FWD_NARROW_BELOW"); return e ? std::atoi(e) : 12288; }();
+  static const int bwd = [] { const char *e = std::getenv("SSM_OFFSET_BWD_NARROW_BELOW"); return e ? std::atoi(e) : 8192; }();
+  return backward ? bwd : fwd;
+}
+
 template <typename T>
 void launch_fwd(const ScanParams &p, cudaStream_t s) {
-  SSM_OFFSET_DISPATCH_NSTATE(p.nstate, p.batch * p.dim, {
+  SSM_OFFSET_DISPATCH_NSTATE(p.nstate, p.batch * p.dim < narrow_below(false), {
     fwd_kernel<T, NPT, LPC><<<scan_grid<Cfg<NPT, LPC>::kCpb>(p), kThreads, 0, s>>>(p);
   })
 }
 
 template <typename T>
 void launch_bwd(const ScanParams &p, cudaStream_t s) {
-  SSM_OFFSET_DISPATCH_NSTATE(p.nstate, p.batch * p.dim, {
+  SSM_OFFSET_DISPATCH_NSTATE(p.nstate, p.batch * p.dim < narrow_below(true), {
     bwd_kernel<T, NPT, LPC><<<scan_grid<Cfg<NPT, LPC>::kCpb>(p), kThreads, 0, s>>>(p);
   })
 }

@@ -13,13 +13,13 @@ void launch_step(const StepParams &p, int dtype, cudaStream_t s) {
 
 int bwd_chunk_len(int nstate, int channels) {
   int len = 0;
-  SSM_OFFSET_DISPATCH_NSTATE(nstate, channels, { len = detail::Cfg<NPT, LPC>::kTb; })
+  SSM_OFFSET_DISPATCH_NSTATE(nstate, channels < detail::narrow_below(true), { len = detail::Cfg<NPT, LPC>::kTb; })
   return len;
 }
 
 int padded_state(int nstate, int channels) {
   int npad = 0;
-  SSM_OFFSET_DISPATCH_NSTATE(nstate, channels, { npad = detail::Cfg<NPT, LPC>::kNpad; })
+  SSM_OFFSET_DISPATCH_NSTATE(nstate, channels < detail::narrow_below(true), { npad = detail::Cfg<NPT, LPC>::kNpad; })
   return npad;
 }
 

@@ -231,27 +231,32 @@ def _finite(x, bad=-math.inf) -> float:
 
 # -- bases and data ------------------------------------------------------------------------------------------------
 
-def base_sha256(directory) -> str:
-    """The base checkpoint's sha256: `model.sha256` (written by `ssm-offset pretrain`), else the hash of the
-    weight files themselves."""
+def base_dir(directory) -> Path:
+    """A base's model directory: `<bases>/<name>/`, or its `final/` as `ssm-offset pretrain` writes it."""
     d = Path(directory)
+    if not (d / "config.json").is_file() and (d / "final" / "config.json").is_file():
+        d = d / "final"
     if not (d / "config.json").is_file():
         raise GridError(f"{d}: not a model directory (no config.json); put each base under [grid] bases/<name>/")
+    return d
+
+
+def base_sha256(directory) -> str:
+    """The base checkpoint's sha256: `model.sha256` (written by `ssm-offset pretrain`), else computed over its
+    weight files the same way (`checkpoint_sha256`)."""
+    from ..models import checkpoint_sha256
+
+    d = base_dir(directory)
     recorded = d / "model.sha256"
     if recorded.is_file():
         digest = recorded.read_text().split()[0] if recorded.read_text().split() else ""
         if len(digest) != 64:
             raise GridError(f"{recorded}: expected a 64-digit sha256 first, got {digest!r}")
         return digest
-    files = sorted(d.glob("*.safetensors"))
-    if not files:
-        raise GridError(f"{d}: no model.sha256 and no *.safetensors to hash")
-    h = hashlib.sha256()
-    for f in files:
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
+    try:
+        return checkpoint_sha256(d)
+    except Exception as exc:  # noqa: BLE001 — any unreadable checkpoint: say which base
+        raise GridError(f"{d}: no model.sha256 and no weights to hash ({exc})") from exc
 
 
 def load_manifest(data_dir) -> Dict[str, Any]:
@@ -604,7 +609,7 @@ def run_grid(grid_path: str, workers: int = 1, max_minutes: float = 0.0, overrid
     if missing:
         raise GridError(f"{Path(s.data) / 'manifest.json'}: no prepared data for task(s) {missing}")
     data_shas = {t: manifest["tasks"][t]["sha256"] for t in s.tasks}
-    bases = {m: str(Path(s.bases) / m) for m in s.models}
+    bases = {m: str(base_dir(Path(s.bases) / m)) for m in s.models}
     base_shas = {m: base_sha256(d) for m, d in bases.items()}
     repair_results(s.results)
     plan = Plan(grid, base_shas, data_shas, read_results(s.results), retry_errors)

@@ -55,8 +55,11 @@ class SVFLinear(AdapterLayer):
         s = self.scaled_singular_values(z.to(self.S.dtype))  # (r,) or (batch, r)
         if s.dim() == 2:
             s = s.view(s.shape[0], *([1] * (x.dim() - 2)), s.shape[1])
-        h = (x.to(self.S.dtype) @ self.Vh.t()) * s
-        out = (h @ self.U.t()).to(x.dtype)
+        # the factors stay fp32 (merges and z gradients need them exact); a half-precision activation runs the two
+        # products in its own precision, as the base layer would, not as fp32 GEMMs several times slower
+        cd = x.dtype if x.dtype in (torch.float16, torch.bfloat16) else self.S.dtype
+        h = (x.to(cd) @ self.Vh.t().to(cd)) * s.to(cd)
+        out = (h @ self.U.t().to(cd)).to(x.dtype)
         if self.base_layer.bias is not None:
             out = out + self.base_layer.bias
         return out

@@ -161,8 +161,10 @@ def _readout(y, C, state_offset, y_offset, z, dout=None):
     if dout is None:
         out, dz = y, None
     else:
+        # dy_pre in fp32: the offset, y-offset and restart gradients are sums of it over batch x L, which
+        # bf16-rounded terms would miss by ~sqrt(batch L) ulps (mamba_ssm's backward takes it cast back)
         dout = dout.contiguous()
-        out, dz = torch.empty_like(dout), torch.empty_like(z)
+        out, dz = torch.empty_like(dout, dtype=torch.float32), torch.empty_like(z)
     dummy = y
     block_l = 64
     grid = (triton.cdiv(length, block_l), batch * nheads)
@@ -216,14 +218,39 @@ def _full_state(t, batch):
     return (t.unsqueeze(0).expand(batch, *t.shape) if t.dim() == 3 else t).contiguous()
 
 
-def _scan(x, dt, A, B, C, D, dt_bias, initial_state, dt_softplus, dt_min, dt_max, chunk_size):
-    """mamba_ssm's ungated forward: y = C h + D x (batch, L, H, P) in x's dtype, and the fp32 final state."""
+def _documents(seq_idx):
+    """mamba_ssm's seq_idx: int32, the first document numbered 0 (its initial state belongs to document 0)."""
+    return None if seq_idx is None else (seq_idx - seq_idx[:, :1]).to(torch.int32).contiguous()
+
+
+def _restarts(seq_idx, dt, A, dt_bias, C, initial_state, dt_softplus, dt_min, dt_max):
+    """What mamba_ssm's seq_idx lacks: it restarts every later document from zero, where ours restart from the
+    initial state. Its contribution, y_t += exp(Σ_{s≤r≤t} Δ_r a) C_t·h_0 over a document starting at s > 0 (and
+    to the final state), is the reference's own formula (chunk._restarted_initial_state), in fp32 / fp64."""
+    from .chunk import _restarted_initial_state
+    from .naive import discretize_dt, heads_to_groups
+
+    batch, nheads = dt.shape[0], dt.shape[-1]
+    a = discretize_dt(dt.float(), None if dt_bias is None else dt_bias.float(), dt_softplus, (dt_min, dt_max))
+    h0 = initial_state.float()
+    zero = torch.zeros(batch, *h0.shape[-3:], dtype=torch.float32, device=dt.device)
+    return _restarted_initial_state(seq_idx, a * A.float(), h0, heads_to_groups(C.float(), nheads), zero)
+
+
+def _scan(x, dt, A, B, C, D, dt_bias, initial_state, dt_softplus, dt_min, dt_max, chunk_size, seq_idx=None):
+    """mamba_ssm's ungated forward: y = C h + D x (batch, L, H, P) in x's dtype, and the fp32 final state; with
+    document boundaries each document restarts from the initial state (mamba_ssm's scan plus `_restarts`)."""
     m = _mamba_ssd()
     y, _, _, _, _, final = m._mamba_chunk_scan_combined_fwd(
         x.contiguous(), dt.contiguous(), A.float().contiguous(), B.contiguous(), C.contiguous(), _chunk(chunk_size),
         D=None if D is None else D.contiguous(), z=None, dt_bias=None if dt_bias is None else dt_bias.contiguous(),
-        initial_states=_full_state(initial_state, x.shape[0]), dt_softplus=dt_softplus, dt_limit=(dt_min, dt_max),
+        initial_states=_full_state(initial_state, x.shape[0]), seq_idx=_documents(seq_idx), dt_softplus=dt_softplus,
+        dt_limit=(dt_min, dt_max),
     )
+    if seq_idx is not None and initial_state is not None:
+        y_h0, final_h0 = _restarts(seq_idx, dt, A, dt_bias, C, initial_state, dt_softplus, dt_min, dt_max)
+        y = (y.float() + y_h0).to(y.dtype)
+        final = final.float() + final_h0
     return y, final
 
 
@@ -231,11 +258,10 @@ def ssd_fwd_cuda(x, dt, A, B, C, D, z, dt_bias, initial_state, state_offset, y_o
                  chunk_size, seq_idx=None):
     from .op import _reference
 
-    # packed documents take the reference until the kernel path re-applies the initial state at each document
-    if seq_idx is not None or not _usable(x, chunk_size):
+    if not _usable(x, chunk_size):
         return _reference(x, dt, A, B, C, D, z, dt_bias, initial_state, state_offset, y_offset, dt_softplus,
                           dt_min, dt_max, chunk_size, seq_idx)
-    y, final = _scan(x, dt, A, B, C, D, dt_bias, initial_state, dt_softplus, dt_min, dt_max, chunk_size)
+    y, final = _scan(x, dt, A, B, C, D, dt_bias, initial_state, dt_softplus, dt_min, dt_max, chunk_size, seq_idx)
     if state_offset is not None or y_offset is not None or z is not None:
         y = _readout(y, C.contiguous(), state_offset, y_offset, None if z is None else z.to(x.dtype).contiguous())
     return y, final.float()
@@ -245,7 +271,7 @@ def ssd_bwd_cuda(dy, dfinal_state, x, dt, A, B, C, D, z, dt_bias, initial_state,
                  dt_softplus, dt_min, dt_max, chunk_size, seq_idx=None):
     from .op import ssd_bwd_reference
 
-    if seq_idx is not None or not _usable(x, chunk_size):
+    if not _usable(x, chunk_size):
         return ssd_bwd_reference(dy, dfinal_state, x, dt, A, B, C, D, z, dt_bias, initial_state, state_offset,
                                  y_offset, dt_softplus, dt_min, dt_max, chunk_size, seq_idx)
     m = _mamba_ssd()
@@ -254,42 +280,61 @@ def ssd_bwd_cuda(dy, dfinal_state, x, dt, A, B, C, D, z, dt_bias, initial_state,
     xc, Cc = x.contiguous(), C.contiguous()
     dy = dy.to(x.dtype).contiguous()
     dz = None
+    dy32 = dy  # the gradient before the gate at the best precision we have, for the sums below
     if z is not None:
-        y, _ = _scan(x, dt, A, B, C, D, dt_bias, initial_state, dt_softplus, dt_min, dt_max, chunk_size)
-        dy, dz = _readout(y, Cc, state_offset, y_offset, z.to(x.dtype).contiguous(), dout=dy)
+        y, _ = _scan(x, dt, A, B, C, D, dt_bias, initial_state, dt_softplus, dt_min, dt_max, chunk_size, seq_idx)
+        dy32, dz = _readout(y, Cc, state_offset, y_offset, z.to(x.dtype).contiguous(), dout=dy)
+        dy = dy32.to(x.dtype)
     dx, ddt, dA, dB, dC, dD, _, ddt_bias, dinit = m._mamba_chunk_scan_combined_bwd(
         dy, xc, dt.contiguous(), A.float().contiguous(), B.contiguous(), Cc, xc, _chunk(chunk_size),
         D=None if D is None else D.contiguous(), z=None, dt_bias=None if dt_bias is None else dt_bias.contiguous(),
         initial_states=_full_state(initial_state, batch),
         dfinal_states=None if dfinal_state is None else dfinal_state.float().contiguous(),
-        dt_softplus=dt_softplus, dt_limit=(dt_min, dt_max),
+        seq_idx=_documents(seq_idx), dt_softplus=dt_softplus, dt_limit=(dt_min, dt_max),
     )
+    restart_grads = {}
+    if seq_idx is not None and initial_state is not None:
+        # the restarts' gradients: a vjp of their (small, elementwise + one contraction) torch formula
+        primals = {"dt": dt, "A": A, "C": C, "initial_state": initial_state}
+        if dt_bias is not None:
+            primals["dt_bias"] = dt_bias
+
+        def restarts(dt, A, C, initial_state, dt_bias=None):
+            return _restarts(seq_idx, dt, A, dt_bias, C, initial_state, dt_softplus, dt_min, dt_max)
+
+        outs, vjp = torch.func.vjp(lambda *p: restarts(**dict(zip(primals, p))), *primals.values())
+        cot = (dy32.float(), torch.zeros_like(outs[1]) if dfinal_state is None else dfinal_state.float())
+        restart_grads = dict(zip(primals, vjp(cot)))
     doff = dyoff = None
     if state_offset is not None:
         # per group: (batch, L, hg·P) against h' as (hg·P, N); the (batch·L, H·P) views need no copies
         hgp = nheads // groups * headdim
-        dyg = dy.view(batch, length, groups, hgp)
-        off = state_offset.to(x.dtype)
+        dyg = dy32.view(batch, length, groups, hgp)
+        off = state_offset.to(dy32.dtype)
         offg = off.reshape(*off.shape[:-3], groups, hgp, nstate)
         if off.dim() == 3:
             dC = dC.float() + torch.einsum("blgk,gkn->blgn", dyg, offg).float()
-            doff = torch.einsum("blgk,blgn->gkn", dyg, Cc).float()
+            doff = torch.einsum("blgk,blgn->gkn", dyg, Cc.to(dyg.dtype)).float()
         else:
             dC = dC.float() + torch.einsum("blgk,bgkn->blgn", dyg, offg).float()
-            doff = torch.einsum("blgk,blgn->bgkn", dyg, Cc).float()
+            doff = torch.einsum("blgk,blgn->bgkn", dyg, Cc.to(dyg.dtype)).float()
         doff = doff.reshape(state_offset.shape)
     if y_offset is not None:
-        dyoff = dy.sum(dim=(0, 1) if y_offset.dim() == 2 else 1, dtype=torch.float32)
+        dyoff = dy32.sum(dim=(0, 1) if y_offset.dim() == 2 else 1, dtype=torch.float32)
     if dinit is not None and initial_state.dim() == 3:
         dinit = dinit.sum(0, dtype=torch.float32)
     grads = (dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dinit, doff, dyoff)
     inputs = (x, dt, A, B, C, D, z, dt_bias, initial_state, state_offset, y_offset)
+    names = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_state", "state_offset", "y_offset")
     out = []
-    for g, t in zip(grads, inputs):
+    for g, t, name in zip(grads, inputs, names):
         if t is None or g is None:
             out.append(torch.empty(0, device=x.device) if t is None else torch.zeros_like(t))
-        else:
-            out.append(g.reshape(t.shape).to(t.dtype))
+            continue
+        g = g.reshape(t.shape)
+        if name in restart_grads:
+            g = g.float() + restart_grads[name].reshape(t.shape)
+        out.append(g.to(t.dtype))
     return out
 
 
