@@ -163,6 +163,23 @@ def test_inputs_embeds_and_attention_mask(hf_dirs):
         ours(x, inputs_embeds=ours.get_input_embeddings()(x))
 
 
+def test_logits_to_keep_gives_the_last_positions_only(hf_dirs):
+    """A prefill keeps one position's logits (a batch of long prompts would otherwise hold gigabytes of fp32
+    vocabulary logits); with prompt tuning the kept positions are still the input's last ones."""
+    from ssm_offset.peft import PromptTuningConfig, get_peft_model
+
+    ours = load_model(hf_dirs["mamba"][1])
+    x = ids()
+    with torch.no_grad():
+        full = ours(x).logits
+        last = ours(x, logits_to_keep=3).logits
+        assert last.shape[1] == 3 and torch.allclose(last, full[:, -3:], atol=1e-6)
+        peft = get_peft_model(ours, PromptTuningConfig(num_virtual_tokens=4))
+        assert torch.allclose(peft(x, logits_to_keep=1).logits, peft(x).logits[:, -1:], atol=1e-6)
+    with pytest.raises(ValueError, match="logits_to_keep"):
+        ours(x, labels=x, logits_to_keep=1)
+
+
 # --- the three paths, with adapter tensors ------------------------------------------------------------------
 
 def adapter_tensors(model, per_row_batch=None, seed=5):

@@ -373,6 +373,12 @@ class WorkerState:
         # a worker sees one GPU (CUDA_VISIBLE_DEVICES set by the parent): "cuda" is that one
         auto = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(auto if grid.train.device == "auto" else grid.train.device)
+        if self.device.type == "cuda":
+            from ssm_offset.ops.ssd import kernel as ssd_kernel
+
+            # every worker would otherwise compile and time each of mamba_ssm's SSD autotuning configs itself:
+            # minutes of a short GPU call, for a kernel choice that changes speed only, never a result
+            ssd_kernel.limit_autotuning(2)
         data = Path(grid.spec.data)
         self.manifest = load_manifest(data)
         self.tokenizer = Tokenizer(str(data / "tokenizer.json"))

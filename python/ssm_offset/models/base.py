@@ -240,8 +240,11 @@ class CausalLM(nn.Module):
         inputs_embeds: Optional[torch.Tensor] = None,
         attention_mask: Optional[torch.Tensor] = None,
         seq_idx: Optional[torch.Tensor] = None,
+        logits_to_keep: int = 0,
     ) -> CausalLMOutput:
         """input_ids (batch, L) or inputs_embeds (batch, L, hidden); labels (batch, L), -100 ignored.
+        `logits_to_keep` > 0 computes the logits of the last that many positions only (transformers' name): a
+        prefill needs one, and (batch, L, vocab) fp32 logits of a long prompt batch take gigabytes.
 
         With `cache` (or `use_cache=True`, which starts a fresh one) the call continues from the cached
         state and updates the cache: a prefill on a fresh cache, a recurrent step when L = 1.
@@ -258,6 +261,10 @@ class CausalLM(nn.Module):
         if cache is None and use_cache:
             cache = self.new_cache()
         hidden = self.backbone(inputs_embeds, cache=cache, seq_idx=seq_idx)
+        if logits_to_keep:
+            if labels is not None:
+                raise ValueError("logits_to_keep drops positions the loss needs: pass labels or logits_to_keep")
+            hidden = hidden[:, -logits_to_keep:]
         logits = wide(self.lm_head(hidden.to(self.lm_head.weight.dtype)))
         if cache is not None:
             cache.advance(inputs_embeds.shape[1])

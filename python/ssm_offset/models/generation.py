@@ -86,7 +86,7 @@ def prefill(model, rows: List[torch.Tensor]):
         groups[len(r)].append(i)
     order, logits, caches = [], [], []
     for idx in groups.values():
-        out = model(torch.stack([rows[i] for i in idx]), use_cache=True)
+        out = model(torch.stack([rows[i] for i in idx]), use_cache=True, logits_to_keep=1)
         order += idx
         logits.append(out.logits[:, -1])
         caches.append(out.cache)

@@ -248,7 +248,8 @@ class PeftModel(nn.Module):
                 attention_mask = torch.cat([attention_mask.new_ones(batch, n), attention_mask], 1)
             out = self.base_model(inputs_embeds=inputs_embeds, labels=labels, cache=cache, use_cache=use_cache,
                                   attention_mask=attention_mask, **kwargs)
-            out["logits"] = out["logits"][:, n:]
+            if not kwargs.get("logits_to_keep"):  # kept positions are the last ones: none is virtual
+                out["logits"] = out["logits"][:, n:]
             return out
         # prefix: every layer starts from the state its virtual inputs leave
         start = prefix_cache(self.base_model, self.virtual_tokens.prefix_inputs(self.config.num_hidden_layers), batch)
