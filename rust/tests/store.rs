@@ -379,3 +379,58 @@ fn a_store_written_before_still_loads_and_verifies() {
         "{e}"
     );
 }
+
+#[test]
+fn get_many_matches_get_in_order_and_names_the_failing_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), true).unwrap();
+    let datas: Vec<Vec<u8>> = (0..6)
+        .map(|i| f32s(&vec![i as f32; 300 + 50 * i]))
+        .collect();
+    for (i, d) in datas.iter().enumerate() {
+        let n = d.len() / 4;
+        s.put(
+            &format!("a{i}"),
+            &[t("w", Dtype::F32, &[n], d)],
+            opts(&[], "m"),
+        )
+        .unwrap();
+    }
+    let names = ["a3", "a0", "a5", "a3", "a1"];
+    let many = s.get_many(&names, true).unwrap();
+    assert_eq!(many.len(), names.len());
+    for (name, l) in names.iter().zip(&many) {
+        let one = s.get(name, true).unwrap();
+        assert_eq!(&l.entry, &one.entry);
+        assert_eq!(&l.tensors, &one.tensors);
+        assert_eq!(&l.map[..], &one.map[..]);
+        let i: usize = name[1..].parse().unwrap();
+        let w = &l.tensors[0];
+        assert_eq!(&l.map[w.start..w.end], &datas[i][..]);
+    }
+    assert!(s.get_many(&[], false).unwrap().is_empty());
+
+    // Two corrupt files: the error is the first one in the order asked for.
+    let path_of = |n: &str| s.file_path(&s.get(n, false).unwrap().entry);
+    let (p1, p4) = (path_of("a1"), path_of("a4"));
+    for p in [&p1, &p4] {
+        let mut bytes = fs::read(p).unwrap();
+        let n = bytes.len();
+        bytes[n - 5] ^= 0x10;
+        fs::write(p, &bytes).unwrap();
+    }
+    let e = s.get_many(&["a0", "a4", "a2", "a1"], false).unwrap_err();
+    assert!(
+        e.to_string().contains("content hash") && e.to_string().contains(&p4.display().to_string()),
+        "{e}"
+    );
+    let e = s.get_many(&["a0", "nope"], false).unwrap_err();
+    assert!(
+        matches!(e, Error::NotFound { ref name, .. } if name == "nope"),
+        "{e}"
+    );
+    let problems = s.verify(false).unwrap();
+    let mut bad: Vec<_> = problems.iter().map(|p| p.name.clone().unwrap()).collect();
+    bad.sort();
+    assert_eq!(bad, ["a1", "a4"]);
+}
