@@ -19,7 +19,9 @@ def machine() -> dict:
     model = next((l.split(":", 1)[1].strip() for l in run("lscpu").splitlines() if l.startswith("Model name")), "")
     return {
         "cpu": model,
-        "nproc": run("nproc"),
+        # The CPUs this process may run on (`nproc` would report OMP_NUM_THREADS instead, which the
+        # benchmark commands set to 1 to keep torch on one thread).
+        "nproc": str(len(os.sched_getaffinity(0))),
         "platform": platform.platform(),
         "python": platform.python_version(),
         # The machine is shared: other processes compete for its 2 cores while benchmarks run.

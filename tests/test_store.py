@@ -35,6 +35,9 @@ def test_put_get_roundtrip_torch_and_numpy(tmp_path):
     got, config, meta = store.get("samsum")
     assert config == CONFIG
     assert meta["metadata"] == {"epochs": 3} and meta["tags"] == ["summarise"] and meta["metrics"] == {"rougeL": 0.41}
+    # The tensor list stays in the index (`entry`); what get returns carries it in the tensors themselves.
+    assert "tensors" not in meta
+    assert store.entry("samsum")["tensors"]["bias"] == {"dtype": "F32", "shape": [7]}
     assert set(got) == set(tensors)
     for k, v in tensors.items():
         assert got[k].dtype == v.dtype and torch.equal(got[k], v)
@@ -235,3 +238,36 @@ def test_verify_once_still_catches_a_file_written_in_place(tmp_path):
     assert len(store.verify()) == 1
     with pytest.raises(ValueError, match="verify must be"):
         AdapterStore(tmp_path, verify="never")
+
+
+def test_get_many_equals_get_in_order_and_names_the_failing_file(tmp_path):
+    store = AdapterStore(tmp_path)
+    for i in range(5):
+        store.put(f"a{i}", _state_offset_adapter(seed=i), CONFIG | {"i": i}, {"seed": i})
+    names = ["a3", "a0", "a3", "a4"]
+    many = store.get_many(names)
+    assert len(many) == len(names)
+    for name, (tensors, config, entry) in zip(names, many):
+        one, one_config, one_entry = store.get(name)
+        assert config == one_config and entry == one_entry and entry["name"] == name
+        assert set(tensors) == set(one)
+        for k, v in tensors.items():
+            assert v.dtype == one[k].dtype and torch.equal(v, one[k])
+    # Zero-copy like get: a view of the file's mapping, and private to this load.
+    (t0, _, _), (t2, _, _) = many[0], many[2]
+    t0["bias"][0] = 1e6
+    assert t2["bias"][0] != 1e6
+    store.put("f", {"w": np.arange(6, dtype=np.float32)})
+    arrays = store.get_many(["f"], as_="numpy")[0][0]
+    assert np.array_equal(arrays["w"], np.arange(6, dtype=np.float32))
+    assert store.get_many([]) == []
+    with pytest.raises(ValueError, match="as_ must be"):
+        store.get_many(["a1"], as_="jax")
+    with pytest.raises(KeyError, match='no adapter named "zz"'):
+        store.get_many(["a1", "zz"])
+    path = tmp_path / "adapters" / store.entry("a4")["file"]
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x01  # one bit of the last tensor's bytes
+    path.write_bytes(bytes(data))
+    with pytest.raises(CorruptFileError, match=f"{path}.*content hash"):
+        store.get_many(["a0", "a4", "a1"])

@@ -26,6 +26,14 @@ _TensorArg = tuple[str, str, list[int], npt.NDArray[np.uint8]]
 class MappedFile:
     """Owner of a private (copy-on-write) file mapping; arrays returned by `Store.get` borrow it."""
 
+# What Store.get returns: (the file's bytes, borrowing its mapping; [(name, dtype, shape, strides, start, end)]; entry)
+_Got = tuple[npt.NDArray[np.uint8], list[tuple[str, str, tuple[int, ...], tuple[int, ...], int, int]], dict[str, Any]]
+
+class GetMany(Iterator[_Got]):
+    """`get`'s result per adapter, in order; the files are checked in the background meanwhile."""
+    def __next__(self) -> _Got: ...
+    def __len__(self) -> int: ...
+
 class Store:
     def __init__(
         self, path: str | PathLike[str], create: bool = True, verify: Literal["always", "once"] = "always"
@@ -46,9 +54,8 @@ class Store:
         overwrite: bool = True,
         check_finite: bool = False,
     ) -> dict[str, Any]: ...
-    def get(
-        self, name: str, check_finite: bool = False
-    ) -> tuple[npt.NDArray[np.uint8], list[tuple[str, str, tuple[int, ...], tuple[int, ...], int, int]], dict[str, Any]]: ...
+    def get(self, name: str, check_finite: bool = False) -> _Got: ...
+    def get_many(self, names: list[str], check_finite: bool = False) -> GetMany: ...
     def list(
         self, tag: str | None = None, method: str | None = None, base_fingerprint: str | None = None
     ) -> list[dict[str, Any]]: ...

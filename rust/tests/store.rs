@@ -317,3 +317,120 @@ fn verify_once_hashes_again_when_the_file_is_written_in_place() {
     // `verify` always hashes.
     assert_eq!(s.verify(false).unwrap().len(), 1);
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// The content hash is computed by twox-hash now and was computed by xxhash-rust before: the
+    /// two must agree on every length (XXH3 has separate paths up to 16, 128, 240 bytes and
+    /// beyond, and a tail after its 1 KiB blocks), or stores written before would fail to load.
+    #[test]
+    fn content_hash_is_the_xxh3_128_stores_were_written_with(
+        bytes in prop::collection::vec(any::<u8>(), 0..4500),
+        extra in 0usize..3,
+    ) {
+        let long: Vec<u8> = bytes.iter().cycle().take(bytes.len() * extra * 97).copied().collect();
+        for b in [&bytes, &long] {
+            prop_assert_eq!(
+                store::content_hash(b),
+                format!("xxh3:{:032x}", xxhash_rust::xxh3::xxh3_128(b))
+            );
+        }
+    }
+}
+
+/// Copies the store in `tests/data/store_v1`, written by the code of commit ef9f288 (content hash
+/// by xxhash-rust), into a fresh directory.
+fn store_written_before(dir: &Path) -> Store {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/store_v1");
+    fs::create_dir_all(dir.join("adapters")).unwrap();
+    fs::copy(src.join("index.json"), dir.join("index.json")).unwrap();
+    for e in fs::read_dir(src.join("adapters")).unwrap() {
+        let p = e.unwrap().path();
+        fs::copy(&p, dir.join("adapters").join(p.file_name().unwrap())).unwrap();
+    }
+    Store::open(dir, false).unwrap()
+}
+
+#[test]
+fn a_store_written_before_still_loads_and_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store_written_before(dir.path());
+    let l = s.get("old-format", true).unwrap();
+    assert_eq!(
+        l.entry.content_hash,
+        "xxh3:905c7300dbab6e422dd05ed43c08d970"
+    );
+    let w = l.tensors.iter().find(|t| t.name == "w").unwrap();
+    let want: Vec<f32> = (0..3001).map(|i| i as f32 * 0.25 - 100.0).collect();
+    assert_eq!(&l.map[w.start..w.end], &f32s(&want)[..]);
+    let b = l.tensors.iter().find(|t| t.name == "b").unwrap();
+    let want: Vec<u8> = (-7i64..10).flat_map(|x| x.to_le_bytes()).collect();
+    assert_eq!(&l.map[b.start..b.end], &want[..]);
+    assert!(s.verify(true).unwrap().is_empty());
+    // The new hash still sees a single flipped bit in it.
+    let p = s.file_path(&l.entry);
+    let mut bytes = fs::read(&p).unwrap();
+    bytes[w.start + 4 * 1234] ^= 0x01;
+    fs::write(&p, &bytes).unwrap();
+    let e = s.get("old-format", false).unwrap_err();
+    assert!(
+        e.to_string().contains("content hash") && e.to_string().contains(&p.display().to_string()),
+        "{e}"
+    );
+}
+
+#[test]
+fn get_many_matches_get_in_order_and_names_the_failing_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path(), true).unwrap();
+    let datas: Vec<Vec<u8>> = (0..6)
+        .map(|i| f32s(&vec![i as f32; 300 + 50 * i]))
+        .collect();
+    for (i, d) in datas.iter().enumerate() {
+        let n = d.len() / 4;
+        s.put(
+            &format!("a{i}"),
+            &[t("w", Dtype::F32, &[n], d)],
+            opts(&[], "m"),
+        )
+        .unwrap();
+    }
+    let names = ["a3", "a0", "a5", "a3", "a1"];
+    let many = s.get_many(&names, true).unwrap();
+    assert_eq!(many.len(), names.len());
+    for (name, l) in names.iter().zip(&many) {
+        let one = s.get(name, true).unwrap();
+        assert_eq!(&l.entry, &one.entry);
+        assert_eq!(&l.tensors, &one.tensors);
+        assert_eq!(&l.map[..], &one.map[..]);
+        let i: usize = name[1..].parse().unwrap();
+        let w = &l.tensors[0];
+        assert_eq!(&l.map[w.start..w.end], &datas[i][..]);
+    }
+    assert!(s.get_many(&[], false).unwrap().is_empty());
+
+    // Two corrupt files: the error is the first one in the order asked for.
+    let path_of = |n: &str| s.file_path(&s.get(n, false).unwrap().entry);
+    let (p1, p4) = (path_of("a1"), path_of("a4"));
+    for p in [&p1, &p4] {
+        let mut bytes = fs::read(p).unwrap();
+        let n = bytes.len();
+        bytes[n - 5] ^= 0x10;
+        fs::write(p, &bytes).unwrap();
+    }
+    let e = s.get_many(&["a0", "a4", "a2", "a1"], false).unwrap_err();
+    assert!(
+        e.to_string().contains("content hash") && e.to_string().contains(&p4.display().to_string()),
+        "{e}"
+    );
+    let e = s.get_many(&["a0", "nope"], false).unwrap_err();
+    assert!(
+        matches!(e, Error::NotFound { ref name, .. } if name == "nope"),
+        "{e}"
+    );
+    let problems = s.verify(false).unwrap();
+    let mut bad: Vec<_> = problems.iter().map(|p| p.name.clone().unwrap()).collect();
+    bad.sort();
+    assert_eq!(bad, ["a1", "a4"]);
+}

@@ -141,8 +141,7 @@ def load_experts(
         if e.get("method") not in methods:
             raise ExpertError(f"expert {n!r} is a {e.get('method')} adapter; accepted here: {list(methods)}")
     peft = model if isinstance(model, PeftModel) else None
-    for n in names:
-        tensors, config, _ = st.get(n)
+    for n, (tensors, config, _) in zip(names, st.get_many(names)):
         cfg = config_class(config.get("peft_type", entries[n]["method"]), f"expert {n!r}").from_dict(
             config, f"expert {n!r}")
         cfg.inference_mode = True

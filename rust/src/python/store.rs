@@ -1,4 +1,5 @@
 use std::path::PathBuf;
+use std::sync::Mutex;
 
 use numpy::ndarray::ArrayView1;
 use numpy::{PyArray1, PyReadonlyArray1};
@@ -6,7 +7,9 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
 use super::{guard, json_to_py, parse_json, PyResultExt};
-use crate::store::{file::parse_dtype, Filter, PutOptions, Store, TensorIn, Verify};
+use crate::store::{
+    file::parse_dtype, Filter, Loaded, Loading, PutOptions, Store, TensorIn, Verify,
+};
 
 /// (name, dtype, shape, bytes as a contiguous 1-D uint8 array)
 type TensorArg<'py> = (String, String, Vec<usize>, PyReadonlyArray1<'py, u8>);
@@ -38,6 +41,87 @@ struct MappedFile {
     // Never read: it only keeps the pages mapped while arrays point into them.
     #[allow(dead_code)]
     map: memmap2::MmapMut,
+}
+
+/// What `get` returns for one adapter: (the file's bytes as a uint8 array borrowing the mapping,
+/// [(name, dtype, shape, strides, start, end)], index entry without its tensor list).
+type Got<'py> = (
+    Bound<'py, PyArray1<u8>>,
+    Vec<(
+        String,
+        String,
+        Bound<'py, PyTuple>,
+        Bound<'py, PyTuple>,
+        usize,
+        usize,
+    )>,
+    Py<PyAny>,
+);
+
+fn loaded_to_py(py: Python<'_>, loaded: Loaded) -> PyResult<Got<'_>> {
+    // The entry without its tensor list: the tensors themselves say the same (the load checked
+    // that they agree), and those 2 containers per tensor, kept alive with a batch of loaded
+    // adapters, made the garbage collector walk the whole heap about once every 14 batches of
+    // 100 (a third of the time `get_many` took).
+    let mut entry = loaded.entry;
+    entry.info.tensors.clear();
+    let entry = to_py_value(py, &entry)?;
+    entry.bind(py).del_item("tensors")?;
+    let locs = loaded
+        .tensors
+        .into_iter()
+        .map(|t| {
+            let mut strides = vec![1usize; t.shape.len()];
+            for i in (0..t.shape.len().saturating_sub(1)).rev() {
+                strides[i] = strides[i + 1] * t.shape[i + 1];
+            }
+            // Tuples, not lists: the garbage collector stops tracking tuples of ints,
+            // which matters when thousands of tensors are loaded.
+            Ok((
+                t.name,
+                t.dtype,
+                PyTuple::new(py, t.shape)?,
+                PyTuple::new(py, strides)?,
+                t.start,
+                t.end,
+            ))
+        })
+        .collect::<PyResult<_>>()?;
+    let mut map = loaded.map;
+    let (ptr, len) = (map.as_mut_ptr(), map.len());
+    let owner = Bound::new(py, MappedFile { map })?;
+    // SAFETY: the view covers exactly the mapping, which `owner` keeps alive (numpy holds a
+    // reference to it as the array's base); moving the mapping object does not move its pages.
+    let array = unsafe {
+        let view = ArrayView1::from_shape_ptr(len, ptr as *const u8);
+        PyArray1::borrow_from_array(&view, owner.into_any())
+    };
+    Ok((array, locs, entry))
+}
+
+/// What `Store.get_many` returns: yields `get`'s result per adapter, in order. Converting one
+/// adapter at a time keeps the Python objects of the whole batch from existing at once (they made
+/// the garbage collector run several times per batch), and lets the hashing of the next files
+/// go on meanwhile.
+#[pyclass(module = "ssm_offset._core", frozen)]
+struct GetMany(Mutex<Loading>);
+
+#[pymethods]
+impl GetMany {
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__<'py>(&self, py: Python<'py>) -> PyResult<Option<Got<'py>>> {
+        guard(|| {
+            let next = py.detach(|| self.0.lock().unwrap().next());
+            next.map(|r| loaded_to_py(py, r.py()?)).transpose()
+        })
+    }
+
+    fn __len__(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
 }
 
 #[pyclass(name = "Store", module = "ssm_offset._core", frozen)]
@@ -106,59 +190,31 @@ impl PyStore {
     }
 
     /// Returns (bytes of the whole file as a uint8 array borrowing a private mapping,
-    /// [(name, dtype, shape, strides, start, end)], entry); strides are C-contiguous, in elements.
+    /// [(name, dtype, shape, strides, start, end)], entry without its tensor list); strides are
+    /// C-contiguous, in elements.
     #[pyo3(signature = (name, check_finite=false))]
-    #[allow(clippy::type_complexity)]
-    fn get<'py>(
-        &self,
-        py: Python<'py>,
-        name: &str,
-        check_finite: bool,
-    ) -> PyResult<(
-        Bound<'py, PyArray1<u8>>,
-        Vec<(
-            String,
-            String,
-            Bound<'py, PyTuple>,
-            Bound<'py, PyTuple>,
-            usize,
-            usize,
-        )>,
-        Py<PyAny>,
-    )> {
+    fn get<'py>(&self, py: Python<'py>, name: &str, check_finite: bool) -> PyResult<Got<'py>> {
         guard(|| {
             let loaded = py.detach(|| self.inner.get(name, check_finite)).py()?;
-            let entry = to_py_value(py, &loaded.entry)?;
-            let locs = loaded
-                .tensors
-                .into_iter()
-                .map(|t| {
-                    let mut strides = vec![1usize; t.shape.len()];
-                    for i in (0..t.shape.len().saturating_sub(1)).rev() {
-                        strides[i] = strides[i + 1] * t.shape[i + 1];
-                    }
-                    // Tuples, not lists: the garbage collector stops tracking tuples of ints,
-                    // which matters when thousands of tensors are loaded.
-                    Ok((
-                        t.name,
-                        t.dtype,
-                        PyTuple::new(py, t.shape)?,
-                        PyTuple::new(py, strides)?,
-                        t.start,
-                        t.end,
-                    ))
-                })
-                .collect::<PyResult<_>>()?;
-            let mut map = loaded.map;
-            let (ptr, len) = (map.as_mut_ptr(), map.len());
-            let owner = Bound::new(py, MappedFile { map })?;
-            // SAFETY: the view covers exactly the mapping, which `owner` keeps alive (numpy holds a
-            // reference to it as the array's base); moving the mapping object does not move its pages.
-            let array = unsafe {
-                let view = ArrayView1::from_shape_ptr(len, ptr as *const u8);
-                PyArray1::borrow_from_array(&view, owner.into_any())
-            };
-            Ok((array, locs, entry))
+            loaded_to_py(py, loaded)
+        })
+    }
+
+    /// Iterator over `get`'s result for each of `names`, in order: the files are checked in
+    /// parallel in the background, and each is converted when the iterator reaches it.
+    #[pyo3(signature = (names, check_finite=false))]
+    fn get_many(
+        &self,
+        py: Python<'_>,
+        names: Vec<String>,
+        check_finite: bool,
+    ) -> PyResult<GetMany> {
+        guard(|| {
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            let loading = py
+                .detach(|| self.inner.get_each(&names, check_finite))
+                .py()?;
+            Ok(GetMany(Mutex::new(loading)))
         })
     }
 
@@ -238,6 +294,7 @@ fn base_fingerprint(
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyStore>()?;
     m.add_class::<MappedFile>()?;
+    m.add_class::<GetMany>()?;
     m.add_function(wrap_pyfunction!(base_fingerprint, m)?)?;
     Ok(())
 }

@@ -16,12 +16,14 @@ pub mod index;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use memmap2::{MmapMut, MmapOptions};
+use rayon::prelude::*;
 use serde_json::Value;
 
 pub use file::{AdapterInfo, Limits, TensorIn, TensorLoc, TensorSpec};
@@ -72,6 +74,141 @@ pub struct Loaded {
     pub entry: Entry,
     pub map: MmapMut,
     pub tensors: Vec<TensorLoc>,
+}
+
+/// An adapter file mapped under the shared lock, not yet checked (see [`Store::get`]).
+struct Mapped {
+    entry: Entry,
+    path: PathBuf,
+    map: MmapMut,
+    /// Identity of the file when [`Verify::Once`] may skip its hash.
+    id: Option<FileId>,
+}
+
+/// Checks a mapped file against its index entry: content hash (as [`Verify`] says),
+/// safetensors structure and the store's limits, tensor list and name.
+fn check(m: Mapped, limits: &Limits, check_finite: bool) -> Result<Loaded> {
+    let Mapped {
+        entry,
+        path,
+        map,
+        id,
+    } = m;
+    let name = &entry.info.name;
+    let known = id
+        .as_ref()
+        .is_some_and(|id| verified().lock().unwrap().get(id) == Some(&entry.content_hash));
+    let hash = if known {
+        entry.content_hash.clone()
+    } else {
+        content_hash(&map)
+    };
+    if hash != entry.content_hash {
+        return Err(Error::corrupt(
+            &path,
+            format!(
+                "adapter {name:?}: content hash {hash} does not match the index ({}): the file is corrupt or the index is wrong",
+                entry.content_hash
+            ),
+        ));
+    }
+    let parsed = file::parse(&map, &path, limits, check_finite)?;
+    if parsed.info.tensors != entry.info.tensors || parsed.info.name != entry.info.name {
+        return Err(Error::corrupt(
+            &path,
+            format!(
+                "adapter {name:?}: the index describes different tensors or name than the file"
+            ),
+        ));
+    }
+    if let (Some(id), false) = (id, known) {
+        verified().lock().unwrap().insert(id, hash);
+    }
+    Ok(Loaded {
+        entry,
+        map,
+        tensors: parsed.tensors,
+    })
+}
+
+/// Adapters being loaded by [`Store::get_each`], yielded in the order asked for.
+pub struct Loading {
+    shared: Arc<Checks>,
+    next: usize,
+}
+
+/// The checks of one [`Store::get_each`], shared by the pool's jobs and the caller's thread.
+struct Checks {
+    slots: Vec<(Mutex<Slot>, Condvar)>,
+    limits: Limits,
+    check_finite: bool,
+    /// Set when the caller drops its [`Loading`]: the checks not yet started are skipped.
+    dropped: AtomicBool,
+}
+
+enum Slot {
+    Todo(Mapped),
+    Running,
+    Done(std::thread::Result<Result<Loaded>>),
+    Taken,
+}
+
+impl Checks {
+    /// Checks file `i` unless another thread has started it (or the caller is gone).
+    fn run(&self, i: usize) {
+        let (lock, done) = &self.slots[i];
+        let m = {
+            let mut slot = lock.lock().unwrap();
+            if self.dropped.load(Ordering::Relaxed) || !matches!(*slot, Slot::Todo(_)) {
+                return;
+            }
+            match std::mem::replace(&mut *slot, Slot::Running) {
+                Slot::Todo(m) => m,
+                _ => unreachable!(),
+            }
+        };
+        // Caught so that a panic unwinds on the caller's thread, as from a direct call, and
+        // never aborts the process from inside a rayon job.
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            check(m, &self.limits, self.check_finite)
+        }));
+        *lock.lock().unwrap() = Slot::Done(r);
+        done.notify_all();
+    }
+}
+
+impl Iterator for Loading {
+    type Item = Result<Loaded>;
+
+    /// The next adapter: checked here if no pool thread has started it yet (so that a busy pool
+    /// never leaves the caller idle), else waited for.
+    fn next(&mut self) -> Option<Result<Loaded>> {
+        let i = self.next;
+        let (lock, done) = self.shared.slots.get(i)?;
+        self.next += 1;
+        self.shared.run(i);
+        let mut slot = done
+            .wait_while(lock.lock().unwrap(), |s| matches!(s, Slot::Running))
+            .unwrap();
+        match std::mem::replace(&mut *slot, Slot::Taken) {
+            Slot::Done(Ok(loaded)) => Some(loaded),
+            Slot::Done(Err(panic)) => resume_unwind(panic),
+            _ => unreachable!("run() leaves the slot done"),
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = self.shared.slots.len() - self.next;
+        (n, Some(n))
+    }
+}
+
+impl ExactSizeIterator for Loading {}
+
+impl Drop for Loading {
+    fn drop(&mut self) {
+        self.shared.dropped.store(true, Ordering::Relaxed);
+    }
 }
 
 /// One finding of [`Store::verify`].
@@ -181,11 +318,18 @@ fn now() -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Content hash of a stored file: XXH3-128. It guards against corruption and truncation (any
-/// change of the bytes), not against forgery, and it runs at memory speed, so every load can
-/// afford to check it (BLAKE3 took 2-3x longer than the rest of a load on the benchmark machine).
+/// Content hash of a stored file: `xxh3:` and the XXH3-128 of its bytes in hex (the prefix names
+/// the algorithm, so that another can be added without breaking stores written before). It guards
+/// against corruption and truncation (any change of the bytes), not against forgery. A load that
+/// checks it is bound by how fast memory delivers the file, not by the hash: on the benchmark
+/// machine XXH3 (AVX2) hashes a file already in cache at about 36 GB/s but a file coming from the
+/// page cache at 8-10 GB/s, about what a plain sum over the same bytes reaches; BLAKE3 (AVX-512)
+/// was 1.6x slower from memory. `twox_hash` chooses its AVX2 kernel at run time; the `xxhash-rust`
+/// crate used before picks SIMD at compile time, which for a portable wheel means SSE2, 1.4x
+/// slower in cache. Both compute the same XXH3-128, so files hashed by either verify alike
+/// (`tests/store.rs` compares the two and reads a store written before the switch).
 pub fn content_hash(buf: &[u8]) -> String {
-    format!("xxh3:{:032x}", xxhash_rust::xxh3::xxh3_128(buf))
+    format!("xxh3:{:032x}", twox_hash::XxHash3_128::oneshot(buf))
 }
 
 fn fsync_dir(dir: &Path) -> Result<()> {
@@ -377,76 +521,95 @@ impl Store {
         self.load(name, check_finite, self.verify)
     }
 
-    fn load(&self, name: &str, check_finite: bool, verify: Verify) -> Result<Loaded> {
-        let (entry, map, path, id) = {
+    /// [`Store::get`] for several adapters at once, in the order of `names`; the first adapter
+    /// (in that order) that fails to load is the error. See [`Store::get_each`].
+    pub fn get_many(&self, names: &[&str], check_finite: bool) -> Result<Vec<Loaded>> {
+        self.get_each(names, check_finite)?.collect()
+    }
+
+    /// Starts loading several adapters: under one shared lock and one look at the index, finds
+    /// and maps every file (an unknown name or a missing file is the error here), then checks the
+    /// files on the rayon pool, one task per file, in the background. The iterator yields them in
+    /// the order of `names`, each as soon as its own check is done, so that a caller can turn one
+    /// into its own objects while the next ones are hashed: a load is bound by how fast memory
+    /// delivers the bytes to the hash, and a second core doubles that.
+    pub fn get_each(&self, names: &[&str], check_finite: bool) -> Result<Loading> {
+        let mapped = {
             let _lock = self.lock(false)?;
             let idx = self.read_index()?;
-            let entry = idx
-                .adapters
-                .get(name)
-                .cloned()
-                .ok_or_else(|| Error::NotFound {
-                    name: name.to_string(),
-                    root: self.root.clone(),
-                })?;
-            let path = self.file_path(&entry);
-            let f = File::open(&path).at(&path)?;
-            let meta = f.metadata().at(&path)?;
-            let len = meta.len();
-            if len != entry.size {
-                return Err(Error::corrupt(
-                    &path,
-                    format!(
-                        "adapter {name:?}: file has {len} bytes, the index says {}",
-                        entry.size
-                    ),
-                ));
-            }
-            if len == 0 {
-                return Err(Error::corrupt(&path, "empty file"));
-            }
-            // SAFETY: a private mapping; store files are never modified in place (only created
-            // by rename and unlinked), so the mapped bytes cannot change under us.
-            let map = unsafe { MmapOptions::new().map_copy(&f) }.at(&path)?;
-            let id = match verify {
-                Verify::Once => file_id(&meta),
-                Verify::Always => None,
-            };
-            (entry, map, path, id)
+            names
+                .iter()
+                .map(|name| self.map(&idx, name, self.verify))
+                .collect::<Result<Vec<_>>>()?
         };
-        let known = id
-            .as_ref()
-            .is_some_and(|id| verified().lock().unwrap().get(id) == Some(&entry.content_hash));
-        let hash = if known {
-            entry.content_hash.clone()
-        } else {
-            content_hash(&map)
+        let n = mapped.len();
+        let shared = Arc::new(Checks {
+            slots: mapped
+                .into_iter()
+                .map(|m| (Mutex::new(Slot::Todo(m)), Condvar::new()))
+                .collect(),
+            limits: self.limits,
+            check_finite,
+            dropped: AtomicBool::new(false),
+        });
+        // One file: waking the pool costs more than it could save. On a pool thread: the
+        // caller checks every file itself anyway (`next`), queueing jobs would only add work.
+        if n >= 2 && rayon::current_thread_index().is_none() {
+            for i in 0..n {
+                let shared = shared.clone();
+                rayon::spawn_fifo(move || shared.run(i));
+            }
+        }
+        Ok(Loading { shared, next: 0 })
+    }
+
+    fn load(&self, name: &str, check_finite: bool, verify: Verify) -> Result<Loaded> {
+        let mapped = {
+            let _lock = self.lock(false)?;
+            self.map(&*self.read_index()?, name, verify)?
         };
-        if hash != entry.content_hash {
+        check(mapped, &self.limits, check_finite)
+    }
+
+    /// Finds an adapter in the index and maps its file. Called under the shared lock, so that no
+    /// writer deletes the file between the two; the mapping outlives the lock safely.
+    fn map(&self, idx: &Index, name: &str, verify: Verify) -> Result<Mapped> {
+        let entry = idx
+            .adapters
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::NotFound {
+                name: name.to_string(),
+                root: self.root.clone(),
+            })?;
+        let path = self.file_path(&entry);
+        let f = File::open(&path).at(&path)?;
+        let meta = f.metadata().at(&path)?;
+        let len = meta.len();
+        if len != entry.size {
             return Err(Error::corrupt(
                 &path,
                 format!(
-                    "adapter {name:?}: content hash {hash} does not match the index ({}): the file is corrupt or the index is wrong",
-                    entry.content_hash
+                    "adapter {name:?}: file has {len} bytes, the index says {}",
+                    entry.size
                 ),
             ));
         }
-        let parsed = file::parse(&map, &path, &self.limits, check_finite)?;
-        if parsed.info.tensors != entry.info.tensors || parsed.info.name != entry.info.name {
-            return Err(Error::corrupt(
-                &path,
-                format!(
-                    "adapter {name:?}: the index describes different tensors or name than the file"
-                ),
-            ));
+        if len == 0 {
+            return Err(Error::corrupt(&path, "empty file"));
         }
-        if let (Some(id), false) = (id, known) {
-            verified().lock().unwrap().insert(id, hash);
-        }
-        Ok(Loaded {
+        // SAFETY: a private mapping; store files are never modified in place (only created
+        // by rename and unlinked), so the mapped bytes cannot change under us.
+        let map = unsafe { MmapOptions::new().map_copy(&f) }.at(&path)?;
+        let id = match verify {
+            Verify::Once => file_id(&meta),
+            Verify::Always => None,
+        };
+        Ok(Mapped {
             entry,
+            path,
             map,
-            tensors: parsed.tensors,
+            id,
         })
     }
 
@@ -476,16 +639,20 @@ impl Store {
     /// reports files that no adapter refers to. An empty list means the store is sound.
     pub fn verify(&self, check_finite: bool) -> Result<Vec<Problem>> {
         let idx = self.read_index()?;
-        let mut problems = Vec::new();
-        for (name, e) in &idx.adapters {
-            if let Err(err) = self.load(name, check_finite, Verify::Always) {
-                problems.push(Problem {
+        // One file at a time per thread (not all mapped at once as in `get_many`): a store may
+        // be larger than memory.
+        let entries: Vec<(&String, &Entry)> = idx.adapters.iter().collect();
+        let mut problems: Vec<Problem> = entries
+            .into_par_iter()
+            .filter_map(|(name, e)| {
+                let err = self.load(name, check_finite, Verify::Always).err()?;
+                Some(Problem {
                     name: Some(name.clone()),
                     path: self.file_path(e),
                     message: err.to_string(),
-                });
-            }
-        }
+                })
+            })
+            .collect();
         for p in self.unreferenced(&idx)? {
             problems.push(Problem {
                 name: None,
