@@ -196,10 +196,17 @@ def report(grid_path: str, out: str, results: Optional[str] = None) -> str:
               "bash benches/gpu/quality.sh mamba,mamba2                   # GPU machine, repeated until no cell is left",
               "PYTHONPATH=python python benches/quality/report.py         # this file", "```", "",
               f"Grid file (`{grid_path}`):", "", "```toml", Path(grid_path).read_text().rstrip(), "```", ""]
-    errors = sorted({(r["model"], r["method"], r.get("error", "").split("\n")[0][:160]) for r in kept
-                     if r.get("status") == "error"})
-    if errors:
-        lines += ["## Errors", ""] + [f"- {m} / {meth}: {e}" for m, meth, e in errors] + [""]
+    # a cell rerun after an error (--retry-errors) counts by its finished record; only errors never made good
+    # are listed, with how many were retried successfully
+    key = lambda r: (r["model"], r["task"], r["method"], float(r["lr"]), int(r["seed"]))  # noqa: E731
+    done = {key(r) for r in kept if r.get("status") == "ok"}
+    retried = {key(r) for r in records if r.get("kind") == "cell" and r.get("status") == "error"} & done
+    standing = [r for r in kept if r.get("status") == "error"]
+    errors = sorted({(r["model"], r["method"], r.get("error", "").split("\n")[0][:160]) for r in standing})
+    if retried or standing:
+        lines += ["## Errors", "", f"{len(retried)} cell(s) failed once and finished when rerun (`--retry-errors`); "
+                  f"{len(standing)} still stand as errors (not rerun yet, or the method does not apply):", ""]
+        lines += [f"- {m} / {meth}: {e}" for m, meth, e in errors] + [""]
     previous = out_path.read_text() if out_path.exists() else ""
     claims = previous.split("## Which of the paper's claims hold", 1)[1].strip() if "## Which of the paper's claims hold" \
         in previous else CLAIMS_PLACEHOLDER
