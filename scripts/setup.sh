@@ -9,7 +9,7 @@ PYTHON=${PYTHON:-python3}
 # shellcheck disable=SC1091
 . .venv/bin/activate
 stamp=.venv/.ssm-offset-build
-want=$(cat pyproject.toml Cargo.toml Cargo.lock rust/Cargo.toml $(find rust/src -type f | sort) | sha256sum | cut -d' ' -f1)
+want=$(cat pyproject.toml Cargo.toml Cargo.lock rust/Cargo.toml rust/build.rs $(find rust/src -type f | sort) | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     python -m pip install -q --upgrade pip
     python -m pip install -q "maturin>=1.7,<2"

@@ -316,3 +316,28 @@ def test_matches_mamba_ssm_without_offset(dtype):
     rtol, atol = TOL[dtype]
     torch.testing.assert_close(ours.float(), theirs.float(), rtol=rtol, atol=atol)
     torch.testing.assert_close(ours_last, their_last.float(), rtol=rtol, atol=atol)
+
+
+# mamba_ssm's own selective-scan test shapes (its tests/ops/test_selective_scan.py: batch 2, dim 4, d_state 8,
+# variable B and C, these lengths), every adapter input on, against the fp64 reference
+MAMBA_SSM_LENGTHS = [8, 16, 32, 64, 128, 256, 372, 512, 784, 1024, 1134, 2048, 4096]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("length", MAMBA_SSM_LENGTHS)
+def test_mamba_ssm_test_shapes(length, dtype):
+    case = dict(length=length, nstate=8, groups=1, dtype=dtype, **ALL_ON)
+    seed = torch.seed() % (2**31)
+    t = _inputs(case, batch=2, dim=4, seed=seed)
+    leaves = {k: v.clone().requires_grad_(True) for k, v in t.items() if v is not None}
+    ref = {k: v.detach().double().requires_grad_(True) for k, v in t.items() if v is not None}
+    _poison()
+    y, final = selective_scan(**leaves, delta_softplus=True, return_final_state=True)
+    y_ref, final_ref = selective_scan_naive(**ref, delta_softplus=True)
+    _close("y (mamba_ssm shapes)", y, y_ref, dtype, seed)
+    _close("final_state (mamba_ssm shapes)", final, final_ref, torch.float32, seed)
+    dy, dfinal = torch.randn_like(y), torch.randn_like(final)
+    torch.autograd.backward((y, final), (dy, dfinal))
+    torch.autograd.backward((y_ref, final_ref), (dy.double(), dfinal.double()))
+    for k in leaves:
+        _close(f"d{k} (mamba_ssm shapes)", leaves[k].grad, ref[k].grad.to(leaves[k].grad.dtype), dtype, seed)

@@ -8,19 +8,13 @@
 #        `python benches/adapt_tasks.py --prepare .carry/adapt-data`), .whl (our wheel under .whl/core/)
 # Usage: bash benches/gpu/adapt_tasks.sh [--steps 300 ...]
 set -uo pipefail
-export PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/out}; SITE=${SITE:-/tmp/site}; mkdir -p "$OUT" "$SITE"
+source benches/gpu/env.sh
 MODEL=${MODEL:-.carry/bases/mamba2}; DATA=${DATA:-.carry/adapt-data}; MACHINE=${MACHINE:-h100}
 LIMIT=${LIMIT:-300}; SEEDS=${SEEDS:-0 1 2}
-T0=$(date +%s); t() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
 [ -e "$MODEL/final/config.json" ] && MODEL=$MODEL/final  # `ssm-offset pretrain` writes the model under final/
 for need in "$MODEL/config.json" "$DATA/glue/SST-2/train.tsv" "$DATA/tokenizers/gpt-neox-20b/tokenizer.json"; do
   [ -e "$need" ] || { echo "missing $need (see the carry list at the top of this script)"; exit 2; }
 done
-python3 -m pip install -q --no-deps --no-index --target "$SITE" .whl/core/*.whl
-# the package is imported from python/ (this branch's code); only the compiled Rust core comes from the wheel
-[ -e python/ssm_offset/_core.abi3.so ] || cp "$SITE"/ssm_offset/_core.abi3.so python/ssm_offset/
-export PYTHONPATH=$PWD/python:$SITE
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 python3 -c "import torch, ssm_offset._core; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 ( while sleep 5; do nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader; done ) \

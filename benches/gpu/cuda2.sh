@@ -5,11 +5,7 @@
 # the adapters on the fast path, and benchmark the SSD; then the model-level benchmark.
 # Stages are time-boxed to fit one 10-minute call. Logs and results go to $OUT. Usage: bash benches/gpu/cuda2.sh [skip-model]
 set -uo pipefail
-export PYTHONUNBUFFERED=1 SSM_OFFSET_KERNEL_CACHE=/tmp/kcache
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" /tmp/site /tmp/msrc
-T0=$(date +%s); t() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
-python3 -m pip install -q --no-deps --no-index --target /tmp/site ${WHL:-.whl}/*.whl
-tar xzf ${SDIST:-.carry/sdist}/mamba_ssm-*.tar.gz -C /tmp/msrc --strip-components=1
+source benches/gpu/env.sh
 if [ "${1:-}" != "skip-model" ]; then
   ( BUILD_JOBS=6 bash benches/gpu/build_baselines.sh > $OUT/build-baselines.log 2>&1; echo "rc=$?" >> $OUT/build-baselines.log ) &
   b=$!

@@ -3,12 +3,7 @@
 # path), a TransMamba CUDA smoke test, and the self-adaptation benchmark at the Mamba-130M shape.
 # mamba_ssm's Triton SSD is imported from the unpacked sdist (no CUDA build). Logs and results go to $OUT.
 set -uo pipefail
-export PYTHONUNBUFFERED=1 SSM_OFFSET_KERNEL_CACHE=/tmp/kcache
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" /tmp/site /tmp/msrc
-T0=$(date +%s); t() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
-python3 -m pip install -q --no-deps --no-index --target /tmp/site ${WHL:-.whl}/*.whl
-tar xzf ${SDIST:-.carry/sdist}/mamba_ssm-*.tar.gz -C /tmp/msrc --strip-components=1
-export PYTHONPATH=$PWD/python:/tmp/msrc:/tmp/site
+source benches/gpu/env.sh
 t "building kernels"; python3 -m ssm_offset.cli build-kernels 2>&1 | tail -2
 python3 -m ssm_offset.cli info
 t "Mamba-1 CUDA tests"

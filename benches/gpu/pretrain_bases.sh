@@ -16,29 +16,9 @@
 #
 # BASES_CPU=1 checks this script's logic on a CPU machine: a one-layer model, a few steps, tiny blocks.
 set -uo pipefail
-export PYTHONUNBUFFERED=1 SSM_OFFSET_KERNEL_CACHE=${SSM_OFFSET_KERNEL_CACHE:-/tmp/kcache}
-OUT=${OUT:-/tmp/out}; SITE=${SITE:-/tmp/site}; RUNS=${RUNS:-/tmp/bases-runs}; LIMIT=${LIMIT:-470}
-PY=${PYTHON:-python3}
-mkdir -p "$OUT/bases" "$SITE" /tmp/msrc "$RUNS"
-T0=$(date +%s); t() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
-
-# our Rust extension: the one file of the abi3 wheel, put beside this checkout's package sources (it is
-# git-ignored, so a copy of the working tree arrives without it)
-if [ ! -f python/ssm_offset/_core.abi3.so ]; then
-  $PY - <<'PY' || exit 1
-import glob, zipfile
-wheels = sorted(glob.glob(".whl/core/*.whl"))
-assert wheels, ".whl/core/*.whl: no wheel (carry .whl)"
-with zipfile.ZipFile(wheels[-1]) as z:
-    with z.open("ssm_offset/_core.abi3.so") as src, open("python/ssm_offset/_core.abi3.so", "wb") as dst:
-        dst.write(src.read())
-print(f"_core.abi3.so from {wheels[-1]}")
-PY
-fi
-$PY -c "import einops" 2>/dev/null || { ls .whl/einops-*.whl >/dev/null 2>&1 && \
-  $PY -m pip install -q --no-deps --no-index --target "$SITE" .whl/einops-*.whl; }
-ls .carry/sdist/mamba_ssm-*.tar.gz >/dev/null 2>&1 && tar xzf .carry/sdist/mamba_ssm-*.tar.gz -C /tmp/msrc --strip-components=1
-export PYTHONPATH=$PWD/python:/tmp/msrc:$SITE
+RUNS=${RUNS:-/tmp/bases-runs}; LIMIT=${LIMIT:-470}
+source benches/gpu/env.sh
+mkdir -p "$OUT/bases" "$RUNS"
 
 EXTRA=()
 if [ "${BASES_CPU:-0}" = "1" ]; then

@@ -10,18 +10,12 @@
 # .carry/quality/wheels (sacrebleu, its pure-Python dependencies, lxml, tokenizers for CPython 3.12: installed only
 # if the machine lacks them). Two ~15M-parameter bases do not fit one 64 MiB carry together: run one model per call.
 set -uo pipefail
-export PYTHONUNBUFFERED=1 SSM_OFFSET_KERNEL_CACHE=/tmp/kcache PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" /tmp/site /tmp/msrc
+export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+source benches/gpu/env.sh
 MODELS=${1:-mamba,mamba2}; PER_GPU=${2:-8}; shift $(( $# < 2 ? $# : 2 ))
 GPUS=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
 WORKERS=$(( ${GPUS:-1} * PER_GPU )); [ "$WORKERS" -gt 0 ] || WORKERS=$PER_GPU
 BUDGET=${BUDGET:-570}  # seconds this script may take; cells stop being started so that running ones end before it
-T0=$(date +%s); t() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
-python3 -m pip install -q --no-deps --no-index --target /tmp/site .whl/core/*.whl .whl/*.whl
-# the working tree's Python package with the wheel's Rust extension (the .so is git-ignored, so not in the copy)
-[ -f python/ssm_offset/_core.abi3.so ] || cp /tmp/site/ssm_offset/_core.abi3.so python/ssm_offset/
-tar xzf .carry/sdist/mamba_ssm-*.tar.gz -C /tmp/msrc --strip-components=1
-export PYTHONPATH=$PWD/python:/tmp/msrc:/tmp/site
 python3 -c "import sacrebleu, tokenizers" 2>/dev/null || {
   t "installing sacrebleu / tokenizers from .carry/quality/wheels"
   python3 -m pip install -q --no-deps --no-index --target /tmp/site .carry/quality/wheels/*.whl; }

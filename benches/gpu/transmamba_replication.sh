@@ -6,13 +6,8 @@
 # imported from the unpacked source, no CUDA build) and .whl (einops, which that SSD imports).
 # Results and the log go to $OUT. Extra arguments pass on to the script (e.g. --lr 1e-3, --archs llama).
 set -uo pipefail
-export PYTHONUNBUFFERED=1
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT" /tmp/site /tmp/msrc
-T0=$(date +%s); t() { echo "[$(( $(date +%s) - T0 )) s] $*"; }
+source benches/gpu/env.sh
 [ -f .carry/data/corpus-neox.npy ] || { echo "no .carry/data/corpus-neox.npy: carry .carry/data"; exit 2; }
-python3 -m pip install -q --no-deps --no-index --target /tmp/site ${WHL:-.whl}/*.whl
-tar xzf ${SDIST:-.carry/sdist}/mamba_ssm-*.tar.gz -C /tmp/msrc --strip-components=1
-export PYTHONPATH=$PWD/python:/tmp/msrc:/tmp/site
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 # say up front whether Mamba-2 will get the Triton SSD (without it the PyTorch reference runs: slow, and the
 # per-model time limit would cut the Mamba-2 models short)

@@ -17,6 +17,11 @@ pub fn version() -> &'static str {
     env!("CARGO_PKG_VERSION")
 }
 
+/// sha256 of the sources this library was built from (see build.rs).
+pub fn source_digest() -> &'static str {
+    env!("SSM_OFFSET_CORE_SOURCE")
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

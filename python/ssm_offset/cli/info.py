@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+from pathlib import Path
 
 
 def collect() -> dict:
@@ -23,7 +24,13 @@ def collect() -> dict:
     try:
         from ssm_offset import _core
 
-        report["rust_core"] = _core.__version__
+        from ssm_offset.native import built_digest, source_digest
+
+        report["rust_core"] = f"{_core.__version__} (sources {built_digest()[:16]})"
+        crate = Path(ssm_offset.__file__).resolve().parents[2] / "rust"
+        if (crate / "build.rs").is_file():  # a checkout: say whether the build is current
+            report["rust_core"] += " = this checkout" if source_digest(crate) == built_digest() else \
+                f" != this checkout's rust/ ({source_digest(crate)[:16]}): rebuild"
     except ImportError as exc:  # the package was imported from source without building the crate
         report["rust_core"] = f"unavailable ({exc})"
     from ssm_offset.ops import kernels

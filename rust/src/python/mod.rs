@@ -124,6 +124,7 @@ fn _panic_for_test(msg: &str) -> PyResult<()> {
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", crate::version())?;
+    m.add("__source_digest__", crate::source_digest())?;
     m.add("CorruptFileError", m.py().get_type::<CorruptFileError>())?;
     m.add("DataError", m.py().get_type::<DataError>())?;
     m.add_function(wrap_pyfunction!(_panic_for_test, m)?)?;
