@@ -158,3 +158,40 @@ def test_grid_file_errors_name_the_key(tmp_path):
     path.write_text('[grid]\nmodels = ["a"]\ntasks = ["dart"]\nmethods = ["state-offset-h"]\n')
     with pytest.raises(GridError, match="state-offset-h needs a list of positive learning rates"):
         load_grid(str(path))
+
+
+def test_sweep_extends_beyond_an_edge_rate_before_seeds(tmp_path):
+    """extend_sweep = 1: a best rate at the top of the list gets one more rate above it (same ratio); seeds then
+    run at the better of the two; a best rate inside the list queues the seeds at once."""
+    from ssm_offset.cli.grid import Plan
+
+    path = tmp_path / "g.toml"
+    path.write_text('[grid]\nmodels = ["a"]\ntasks = ["dart"]\nmethods = ["state-offset-h", "lora-inout"]\n'
+                    'seeds = [0, 1, 2]\nextend_sweep = 1\n'
+                    '[grid.lr]\nstate-offset-h = [1e-3, 1e-2]\nlora-inout = [1e-3, 1e-2, 1e-1]\n')
+    grid = load_grid(str(path))
+    plan = Plan(grid, {"a": "b" * 64}, {"dart": "d"}, [])
+    settings = {m: plan.settings("dart", m) for m in ("state-offset-h", "lora-inout")}
+
+    def rec(method, lr, acc, seed=0):
+        return {"kind": "cell", "status": "ok", "model": "a", "task": "dart", "method": method, "lr": lr,
+                "seed": seed, "base_sha256": "b" * 64, "settings": settings[method], "metric": "bleu",
+                "val": {"bleu": acc, "loss": 1.0}}
+
+    records = [rec("state-offset-h", 1e-3, 1.0), rec("state-offset-h", 1e-2, 2.0),
+               rec("lora-inout", 1e-3, 1.0), rec("lora-inout", 1e-2, 3.0), rec("lora-inout", 1e-1, 2.0)]
+    plan = Plan(grid, {"a": "b" * 64}, {"dart": "d"}, records)
+    queued = [(c.method, c.lr, c.seed, c.phase) for c in plan.queue]
+    assert ("state-offset-h", 0.1, 0, "sweep") in queued  # 1e-2 won at the top: try 1e-1 first
+    assert not any(m == "state-offset-h" and p == "seed" for m, _, _, p in queued)
+    assert [(m, lr, sd) for m, lr, sd, p in queued if p == "seed"] == [("lora-inout", 1e-2, 1), ("lora-inout", 1e-2, 2)]
+    # the extra rate loses: seeds at 1e-2, and no second extension even though 1e-2 is no longer an edge
+    cell = next(c for c in plan.queue if c.method == "state-offset-h")
+    plan.queue.remove(cell)
+    plan.record(cell, rec("state-offset-h", 0.1, 0.5))
+    assert plan.chosen[("a", "dart", "state-offset-h")] == 1e-2
+    assert [(c.lr, c.seed) for c in plan.queue if c.method == "state-offset-h"] == [(1e-2, 1), (1e-2, 2)]
+    # without extension (the default) the edge rate is taken as it is
+    path.write_text(path.read_text().replace("extend_sweep = 1\n", ""))
+    plain = Plan(load_grid(str(path)), {"a": "b" * 64}, {"dart": "d"}, records)
+    assert plain.chosen[("a", "dart", "state-offset-h")] == 1e-2

@@ -64,6 +64,8 @@ class GridSpec:
     val_limit: int = 200
     eval_batch_size: int = 128
     lr: Dict[str, List[float]] = field(default_factory=dict)
+    # rates a sweep may add beyond each end of its list when the best rate sits at that end (0: none)
+    extend_sweep: int = 0
     options: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     train: Dict[str, Dict[str, Any]] = field(default_factory=dict)
 
@@ -317,10 +319,10 @@ class Plan:
                 self.done[record_key(r)] = r
         s = grid.spec
         self.groups = [(m, t, meth) for m in s.models for t in s.tasks for meth in s.methods]
-        self.queued_seeds = set()
         self.queue: List[Cell] = [Cell(m, t, meth, float(lr), s.seeds[0], "sweep")
                                   for (m, t, meth) in self.groups for lr in s.lr[meth]
                                   if self.key(Cell(m, t, meth, float(lr), s.seeds[0], "sweep")) not in self.done]
+        self.queued = {self.key(c) for c in self.queue}
         self.chosen: Dict[Tuple[str, str, str], Optional[float]] = {}
         for g in self.groups:
             self.after(g)
@@ -335,23 +337,49 @@ class Plan:
         self.done[self.key(cell)] = record
         self.after((cell.model, cell.task, cell.method))
 
+    def _enqueue(self, c: Cell) -> None:
+        k = self.key(c)
+        if k not in self.done and k not in self.queued:
+            self.queued.add(k)
+            self.queue.append(c)
+
     def after(self, group: Tuple[str, str, str]) -> None:
-        """Once a group's sweep is complete: choose its rate and queue the other seeds at it."""
+        """Once a group's sweep is complete: choose its rate and queue the other seeds at it. With
+        `extend_sweep` = k, a best rate at an end of the listed rates first gets up to k more rates beyond that
+        end (the same ratio as the two outermost listed ones), one at a time, until the best is inside the
+        range or k rates were added: an edge rate would otherwise be a guess at where the optimum lies."""
         if group in self.chosen:
             return
         m, t, meth = group
         s = self.grid.spec
-        sweep = [self.done.get(self.key(Cell(m, t, meth, float(lr), s.seeds[0], "sweep"))) for lr in s.lr[meth]]
-        if any(r is None for r in sweep):
-            return
-        lr = choose_lr(sweep)  # type: ignore[arg-type]
+        rates = sorted(float(lr) for lr in s.lr[meth])
+        up = rates[-1] / rates[-2] if len(rates) > 1 else 1.0
+        down = rates[1] / rates[0] if len(rates) > 1 else 1.0
+        added = {"top": 0, "bottom": 0}
+        while True:
+            cells = [Cell(m, t, meth, lr, s.seeds[0], "sweep") for lr in rates]
+            sweep = [self.done.get(self.key(c)) for c in cells]
+            if any(r is None for r in sweep):
+                for c, r in zip(cells, sweep):
+                    if r is None:
+                        self._enqueue(c)
+                return
+            lr = choose_lr(sweep)  # type: ignore[arg-type]
+            if lr is None or len(rates) < 2:
+                break
+            if lr == rates[-1] and added["top"] < s.extend_sweep:
+                added["top"] += 1
+                rates.append(float(lr_text(rates[-1] * up)))
+            elif lr == rates[0] and added["bottom"] < s.extend_sweep:
+                added["bottom"] += 1
+                rates.insert(0, float(lr_text(rates[0] / down)))
+            else:
+                break
         self.chosen[group] = lr
         if lr is None:
             return  # every rate failed: nothing to repeat
         for seed in s.seeds[1:]:
-            c = Cell(m, t, meth, lr, seed, "seed")
-            if self.key(c) not in self.done:
-                self.queue.append(c)
+            self._enqueue(Cell(m, t, meth, lr, seed, "seed"))
 
     def pop(self) -> Optional[Cell]:
         return self.queue.pop(0) if self.queue else None
