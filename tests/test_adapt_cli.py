@@ -48,7 +48,10 @@ def test_experts_add_list_remove_and_adapt(setup, capsys):
                  "--iterations", "3", "--population", "8"]) == 0
     out = capsys.readouterr().out
     assert "mixture α" in out and "before (base model): accuracy" in out and "after  (mixture)" in out
-    assert "time:" in out and "expert alpha" in out
+    assert "time:" in out and "expert alpha" in out and "fp32 on cpu" in out
+    assert main(["adapt", "--store", store, "--few-shot", str(shots), "--model", str(model),
+                 "--iterations", "2", "--population", "4", "--precision", "bf16"]) == 0
+    assert "bf16 on cpu" in capsys.readouterr().out
     assert main(["adapt", "--store", store, "--few-shot", str(shots), "--model", str(model), "--iterations", "2",
                  "--population", "4", "--granularity", "layer", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)

@@ -24,8 +24,14 @@ def run(args) -> int:
     template = json.loads(args.template) if args.template else DEFAULT_TEMPLATE
     data = FewShotSet.from_records(records, tokenizer, template, max_length=args.max_length)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    precision = args.precision if args.precision != "auto" else ("tf32" if device.startswith("cuda") else "fp32")
+    # TF32 matmuls are what makes a GPU's batched population forward fast (benches/results/adapt-h100.md: ~11x
+    # the recompose-per-candidate way, fitness equal to 1e-8); strict fp32 leaves it compute-bound at ~6x
+    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
     model = load_experts(load_model(args.model, device=device), args.store,
                          args.experts.split(",") if args.experts else None, tag=args.tag)
+    if precision == "bf16":  # after the experts are matched to the base by its (fp32) fingerprint
+        model = model.to(torch.bfloat16)
     names = args.experts.split(",") if args.experts else [n for n in model.peft_config]
     result = few_shot_adapt(model, names, data, granularity=args.granularity, objective=args.objective,
                             population=args.population, iterations=args.iterations, seed=args.seed)
@@ -33,7 +39,8 @@ def run(args) -> int:
         print(json.dumps(result.to_dict(), indent=2))
         return 0
     print(f"few-shot adaptation on {len(data)} examples, {len(names)} experts, granularity {args.granularity}, "
-          f"objective {args.objective}, population {args.population} × {args.iterations} generations")
+          f"objective {args.objective}, population {args.population} × {args.iterations} generations, "
+          f"{precision} on {device}")
     print("mixture α:" + ("" if result.alpha.shape[0] == 1 else f" ({result.alpha.shape[0]} groups; mean shown)"))
     for k, n in enumerate(names):
         print(f"  {n:<20} {result.alpha[:, k].mean():.3f}")
@@ -62,5 +69,7 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-length", type=int)
     p.add_argument("--device")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "tf32", "bf16"],
+                   help="auto: TF32 matmuls on a GPU, fp32 on CPU; bf16 runs the model in bf16")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
