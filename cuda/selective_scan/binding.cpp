@@ -48,24 +48,20 @@ Opt zeros_like_opt(const Opt &t) {
   return has(t) ? Opt(at::zeros(t->sizes(), t->options().dtype(at::kFloat))) : Opt();
 }
 
-ssm_offset::ScanParams common(const Tensor &u, const Tensor &delta, const Tensor &A, const Tensor &B,
-                              const Tensor &C, const Opt &D, const Opt &z, const Opt &delta_bias,
-                              bool softplus, const Opt &h0, const Opt &hoff, const Opt &yoff,
-                              const Opt &seq_idx) {
-  TORCH_CHECK(u.is_cuda() && u.dim() == 3 && u.is_contiguous(), "u: expected a contiguous CUDA (batch, D, L) tensor");
+// The inputs the scan and the decode step share: u, delta, z, B, C in u's dtype (contiguous CUDA), A, D,
+// delta_bias and the offsets fp32. The caller has checked u's and B's ranks (they differ: the step has no L).
+template <typename Params>
+void fill_inputs(Params &p, const Tensor &u, const Tensor &delta, const Tensor &A, const Tensor &B,
+                 const Tensor &C, const Opt &D, const Opt &z, const Opt &delta_bias, bool softplus,
+                 const Opt &hoff, const Opt &yoff) {
   check_like(delta, u, "delta");
   check_like(B, u, "B");
   check_like(C, u, "C");
   if (has(z)) check_like(*z, u, "z");
-  TORCH_CHECK(B.dim() == 4 && C.sizes() == B.sizes(), "B, C: expected (batch, groups, N, L)");
-  ssm_offset::ScanParams p{};
   p.batch = u.size(0);
   p.dim = u.size(1);
-  p.len = u.size(2);
   p.groups = B.size(1);
   p.nstate = A.size(1);
-  TORCH_CHECK(p.nstate >= 1 && p.nstate <= 256, "A: d_state must be in 1..256, got ", p.nstate);
-  TORCH_CHECK(p.dim % p.groups == 0, "B: groups must divide D");
   p.softplus = softplus;
   p.u = u.data_ptr();
   p.delta = delta.data_ptr();
@@ -75,12 +71,25 @@ ssm_offset::ScanParams common(const Tensor &u, const Tensor &delta, const Tensor
   p.A = cptr(A, "A");
   p.D = cptr(D, "D");
   p.delta_bias = cptr(delta_bias, "delta_bias");
-  p.h0 = cptr(h0, "initial_state");
   p.hoff = cptr(hoff, "state_offset");
   p.yoff = cptr(yoff, "y_offset");
-  p.h0_bstride = row_stride(h0, 2);
   p.hoff_bstride = row_stride(hoff, 2);
   p.yoff_bstride = row_stride(yoff, 1);
+}
+
+ssm_offset::ScanParams common(const Tensor &u, const Tensor &delta, const Tensor &A, const Tensor &B,
+                              const Tensor &C, const Opt &D, const Opt &z, const Opt &delta_bias,
+                              bool softplus, const Opt &h0, const Opt &hoff, const Opt &yoff,
+                              const Opt &seq_idx) {
+  TORCH_CHECK(u.is_cuda() && u.dim() == 3 && u.is_contiguous(), "u: expected a contiguous CUDA (batch, D, L) tensor");
+  TORCH_CHECK(B.dim() == 4 && C.sizes() == B.sizes(), "B, C: expected (batch, groups, N, L)");
+  ssm_offset::ScanParams p{};
+  fill_inputs(p, u, delta, A, B, C, D, z, delta_bias, softplus, hoff, yoff);
+  p.len = u.size(2);
+  TORCH_CHECK(p.nstate >= 1 && p.nstate <= 256, "A: d_state must be in 1..256, got ", p.nstate);
+  TORCH_CHECK(p.dim % p.groups == 0, "B: groups must divide D");
+  p.h0 = cptr(h0, "initial_state");
+  p.h0_bstride = row_stride(h0, 2);
   if (has(seq_idx)) {
     TORCH_CHECK(seq_idx->is_cuda() && seq_idx->scalar_type() == at::kInt && seq_idx->is_contiguous() &&
                     seq_idx->dim() == 2 && seq_idx->size(0) == p.batch && seq_idx->size(1) == p.len,
@@ -168,32 +177,12 @@ std::tuple<Tensor, Tensor> step(const Tensor &state, const Tensor &u, const Tens
                                 const Opt &delta_bias, bool softplus, const Opt &hoff, const Opt &yoff) {
   const c10::cuda::CUDAGuard guard(u.device());
   TORCH_CHECK(u.is_cuda() && u.dim() == 2 && u.is_contiguous(), "u: expected a contiguous CUDA (batch, D) tensor");
-  check_like(delta, u, "delta");
-  check_like(B, u, "B");
-  check_like(C, u, "C");
-  if (has(z)) check_like(*z, u, "z");
   TORCH_CHECK(B.dim() == 3, "B, C: expected (batch, groups, N)");
   TORCH_CHECK(state.scalar_type() == at::kFloat && state.is_contiguous() && state.dim() == 3,
               "state: expected contiguous float32 (batch, D, N)");
   ssm_offset::StepParams p{};
-  p.batch = u.size(0);
-  p.dim = u.size(1);
-  p.groups = B.size(1);
-  p.nstate = A.size(1);
-  p.softplus = softplus;
+  fill_inputs(p, u, delta, A, B, C, D, z, delta_bias, softplus, hoff, yoff);
   p.state = state.data_ptr<float>();
-  p.u = u.data_ptr();
-  p.delta = delta.data_ptr();
-  p.z = has(z) ? z->data_ptr() : nullptr;
-  p.B = B.data_ptr();
-  p.C = C.data_ptr();
-  p.A = cptr(A, "A");
-  p.D = cptr(D, "D");
-  p.delta_bias = cptr(delta_bias, "delta_bias");
-  p.hoff = cptr(hoff, "state_offset");
-  p.yoff = cptr(yoff, "y_offset");
-  p.hoff_bstride = row_stride(hoff, 2);
-  p.yoff_bstride = row_stride(yoff, 1);
   Tensor y = at::empty_like(u);
   Tensor new_state = at::empty_like(state);
   p.y = y.data_ptr();
