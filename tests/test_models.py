@@ -9,6 +9,8 @@ import pytest
 import torch
 import torch.nn as nn
 
+from tiny_models import spread_weights
+
 from ssm_offset.models import (
     Cache, CheckpointError, ConfigError, Mamba2Config, Mamba2ForCausalLM, MambaConfig, MambaForCausalLM,
     config_from_hf_dict, load_model, model_from_config,
@@ -33,19 +35,7 @@ def hf_tiny(name: str, seed: int = 0, **overrides):
     """A tiny transformers model with weights spread out enough that greedy decoding does not collapse."""
     cfg_name, kwargs = TINY[name]
     cfg = getattr(transformers, cfg_name)(**{**kwargs, **overrides})
-    model = getattr(transformers, cfg_name.replace("Config", "ForCausalLM"))(cfg).eval()
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for pname, p in model.named_parameters():
-            if pname.endswith("A_log"):
-                p.add_(torch.rand(p.shape, generator=g) * 0.5)
-            elif p.dim() >= 2:
-                # small embeddings, strong mixers: with a tied head a weak mixer just echoes the last token
-                scale = 0.1 if "embed" in pname else (3.0 if "out_proj" in pname else 1.0) / math.sqrt(p.shape[-1])
-                p.copy_(torch.randn(p.shape, generator=g) * scale)
-            else:
-                p.add_(torch.randn(p.shape, generator=g) * 0.2)
-    return model
+    return spread_weights(getattr(transformers, cfg_name.replace("Config", "ForCausalLM"))(cfg).eval(), seed)
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,8 @@ from ssm_offset.models import (
 )
 from ssm_offset.models.generation import prefill
 
+from tiny_models import spread_weights
+
 VOCAB = 64
 # 4 value heads of width 8 over 2 groups of Q/K width 8; chunk 8 so the scans span several chunks
 TINY = dict(vocab_size=VOCAB, hidden_size=16, state_size=8, num_hidden_layers=4, num_heads=4, head_dim=8,
@@ -38,18 +40,7 @@ def tiny(schedule=(0,), dtype=torch.float64, seed=0, **overrides) -> TransMambaF
     cfg = TransMambaConfig(**{**TINY, "transpoints_train": list(schedule), "transpoints_infer": list(schedule),
                               **overrides})
     torch.manual_seed(seed)
-    model = TransMambaForCausalLM(cfg)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("A_log"):
-                p.add_(torch.rand(p.shape, generator=g) * 0.5)
-            elif p.dim() >= 2:
-                scale = 0.1 if "embed" in name else (3.0 if "out_proj" in name else 1.0) / math.sqrt(p.shape[-1])
-                p.copy_(torch.randn(p.shape, generator=g) * scale)
-            else:
-                p.add_(torch.randn(p.shape, generator=g) * 0.2)
-    return model.to(dtype).eval()
+    return spread_weights(TransMambaForCausalLM(cfg), seed).to(dtype).eval()
 
 
 def ids(batch=2, length=20, seed=1):

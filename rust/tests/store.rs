@@ -140,6 +140,18 @@ fn bad_inputs_are_rejected() {
     assert!(e.to_string().contains("given twice"), "{e}");
 }
 
+/// Flips the bits `mask` of one byte of a file in place; a negative `at` counts from the end.
+fn flip_byte(p: &Path, at: isize, mask: u8) {
+    let mut bytes = fs::read(p).unwrap();
+    let i = if at < 0 {
+        bytes.len() - at.unsigned_abs()
+    } else {
+        at as usize
+    };
+    bytes[i] ^= mask;
+    fs::write(p, &bytes).unwrap();
+}
+
 fn one_adapter(dir: &Path) -> (Store, std::path::PathBuf) {
     let s = Store::open(dir, true).unwrap();
     let a = f32s(&[1.0, 2.0, 3.0, 4.0]);
@@ -159,10 +171,8 @@ fn truncated_and_corrupt_files_name_the_file() {
     let e = s.get("x", false).unwrap_err();
     assert!(matches!(e, Error::Corrupt { .. }));
     assert!(e.to_string().contains(&p.display().to_string()), "{e}");
-    let mut bad = bytes.clone();
-    let n = bad.len();
-    bad[n - 1] ^= 0x40;
-    fs::write(&p, &bad).unwrap();
+    fs::write(&p, &bytes).unwrap();
+    flip_byte(&p, -1, 0x40);
     let e = s.get("x", false).unwrap_err();
     assert!(e.to_string().contains("content hash"), "{e}");
     assert_eq!(s.verify(false).unwrap().len(), 1);
@@ -286,10 +296,8 @@ proptest! {
     fn flipping_any_byte_is_detected(pos in any::<prop::sample::Index>(), bit in 0u8..8) {
         let dir = tempfile::tempdir().unwrap();
         let (s, p) = one_adapter(dir.path());
-        let mut bytes = fs::read(&p).unwrap();
-        let i = pos.index(bytes.len());
-        bytes[i] ^= 1 << bit;
-        fs::write(&p, &bytes).unwrap();
+        let i = pos.index(fs::metadata(&p).unwrap().len() as usize);
+        flip_byte(&p, i as isize, 1 << bit);
         prop_assert!(s.get("x", false).is_err());
     }
 
@@ -307,11 +315,8 @@ fn verify_once_hashes_again_when_the_file_is_written_in_place() {
     let s = s.with_verify(store::Verify::Once);
     s.get("x", false).unwrap();
     s.get("x", false).unwrap(); // remembered: not hashed again
-    let mut bad = fs::read(&p).unwrap();
-    let n = bad.len();
-    bad[n - 1] ^= 0x40;
-    // Same size, written in place: the ctime changes, so the next load hashes the file again.
-    fs::write(&p, &bad).unwrap();
+                                // Same size, written in place: the ctime changes, so the next load hashes the file again.
+    flip_byte(&p, -1, 0x40);
     let e = s.get("x", false).unwrap_err();
     assert!(e.to_string().contains("content hash"), "{e}");
     // `verify` always hashes.
@@ -370,9 +375,7 @@ fn a_store_written_before_still_loads_and_verifies() {
     assert!(s.verify(true).unwrap().is_empty());
     // The new hash still sees a single flipped bit in it.
     let p = s.file_path(&l.entry);
-    let mut bytes = fs::read(&p).unwrap();
-    bytes[w.start + 4 * 1234] ^= 0x01;
-    fs::write(&p, &bytes).unwrap();
+    flip_byte(&p, (w.start + 4 * 1234) as isize, 0x01);
     let e = s.get("old-format", false).unwrap_err();
     assert!(
         e.to_string().contains("content hash") && e.to_string().contains(&p.display().to_string()),
@@ -414,10 +417,7 @@ fn get_many_matches_get_in_order_and_names_the_failing_file() {
     let path_of = |n: &str| s.file_path(&s.get(n, false).unwrap().entry);
     let (p1, p4) = (path_of("a1"), path_of("a4"));
     for p in [&p1, &p4] {
-        let mut bytes = fs::read(p).unwrap();
-        let n = bytes.len();
-        bytes[n - 5] ^= 0x10;
-        fs::write(p, &bytes).unwrap();
+        flip_byte(p, -5, 0x10);
     }
     let e = s.get_many(&["a0", "a4", "a2", "a1"], false).unwrap_err();
     assert!(
