@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ssm_offset.adapt import CEM, FewShotSet, PopulationEvaluator
+from ssm_offset.adapt import CEM, FewShotSet, PopulationEvaluator, use_precision
 from ssm_offset.models import MambaConfig, MambaForCausalLM
 from ssm_offset.peft import config_for, get_peft_model
 
@@ -66,14 +66,9 @@ def examples(n: int, prompt: int, label: int, vocab: int, seed: int = 0) -> FewS
     return FewShotSet.from_ids(pairs, pad_id=0, eos_id=0)
 
 
-PRECISIONS = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16}
-
-
 def run(args, method: str, granularity: str, precision: str = "fp32") -> dict:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
-    torch.backends.cudnn.allow_tf32 = precision == "tf32"
-    model = build(args.shape, method, device, PRECISIONS[precision])
+    model = build(args.shape, method, device, use_precision(precision))
     data = examples(args.examples, args.prompt_len, args.label_len, SHAPES[args.shape]["vocab_size"])
     ev_b = PopulationEvaluator(model, EXPERTS, data, granularity)
     ev_s = PopulationEvaluator(model, EXPERTS, data, granularity)

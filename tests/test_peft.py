@@ -478,3 +478,23 @@ def test_removing_adapters_keeps_other_hooks_on_the_mixers():
     with torch.no_grad():
         model.base_model(ids())
     assert seen == [1]
+
+
+def test_using_adapter_switches_for_the_block_and_restores_even_on_error():
+    model = get_peft_model(mamba1(), config_for("state-offset-h"))
+    perturb(model, seed=1)
+    model.add_adapter("b", config_for("state-offset-h"))
+    model.set_adapter("b")
+    perturb(model, seed=2)
+    x = ids(2, 7)
+    with torch.no_grad():
+        out_b = model(x).logits
+        with model.using_adapter("default"):
+            assert model.active_adapter == "default"
+            out_default = model(x).logits
+        assert model.active_adapter == "b" and torch.equal(model(x).logits, out_b)
+        assert not torch.allclose(out_default, out_b)
+        with pytest.raises(RuntimeError, match="inside"):
+            with model.using_adapter("default"):
+                raise RuntimeError("inside")
+    assert model.active_adapter == "b"

@@ -148,7 +148,7 @@ def plot(path: Path, models: List[str], tasks: List[str], methods: List[str],
 
 
 def report(grid_path: str, out: str, results: Optional[str] = None) -> str:
-    from ssm_offset.cli.grid import load_grid, read_results
+    from ssm_offset.cli.grid import load_grid, read_results, record_key
 
     grid = load_grid(grid_path)
     s = grid.spec
@@ -198,9 +198,8 @@ def report(grid_path: str, out: str, results: Optional[str] = None) -> str:
               f"Grid file (`{grid_path}`):", "", "```toml", Path(grid_path).read_text().rstrip(), "```", ""]
     # a cell rerun after an error (--retry-errors) counts by its finished record; only errors never made good
     # are listed, with how many were retried successfully
-    key = lambda r: (r["model"], r["task"], r["method"], float(r["lr"]), int(r["seed"]))  # noqa: E731
-    done = {key(r) for r in kept if r.get("status") == "ok"}
-    retried = {key(r) for r in records if r.get("kind") == "cell" and r.get("status") == "error"} & done
+    done = {record_key(r) for r in kept if r.get("status") == "ok"}
+    retried = {record_key(r) for r in records if r.get("kind") == "cell" and r.get("status") == "error"} & done
     standing = [r for r in kept if r.get("status") == "error"]
     errors = sorted({(r["model"], r["method"], r.get("error", "").split("\n")[0][:160]) for r in standing})
     if retried or standing:

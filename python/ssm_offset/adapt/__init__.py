@@ -20,7 +20,7 @@ _WHERE = {
     "model_fingerprint": "experts",
     "add_weighted_adapter": "mixing", "mixing_groups": "mixing", "mixture_weights": "mixing", "recomposed": "mixing",
     "FewShotError": "fewshot", "FewShotSet": "fewshot", "PopulationEvaluator": "fewshot", "AdaptResult": "fewshot",
-    "few_shot_adapt": "fewshot",
+    "few_shot_adapt": "fewshot", "use_precision": "fewshot", "PRECISIONS": "fewshot",
     "SelfAdaptiveModel": "self_adaptive", "classifier_data": "self_adaptive",
     "train_expert": "train", "exact_match_reward": "train",
 }

@@ -33,11 +33,27 @@ from ..peft import PeftModel
 from .cem import CEM
 from .mixing import add_weighted_adapter, mixing_groups, mixture_weights, recomposed
 
-__all__ = ["FewShotError", "FewShotSet", "PopulationEvaluator", "AdaptResult", "few_shot_adapt", "DEFAULT_TEMPLATE"]
+__all__ = ["FewShotError", "FewShotSet", "PopulationEvaluator", "AdaptResult", "few_shot_adapt", "DEFAULT_TEMPLATE",
+           "PRECISIONS", "use_precision"]
 
 #: the State-offset reference's data format: `input + "###"` → `output + eos`, loss on the output only
 DEFAULT_TEMPLATE = {"prompt": "{input}###", "target": "{output}", "eos": True}
 OBJECTIVES = ("accuracy", "loss")
+
+
+#: how a population is scored: "fp32" strict, "tf32" TF32 matmuls over fp32 weights, "bf16" a bf16 model
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+def use_precision(precision: str) -> torch.dtype:
+    """Sets torch's matmul precision for `precision` (TF32 on or off, globally) and returns the dtype the model
+    should have. TF32 is what makes a GPU's batched population forward fast (benches/results/adapt-h100.md: ~11x
+    recomposing per candidate, fitness equal to 1e-8); strict fp32 leaves it compute-bound at ~6x."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: got {precision!r}, expected one of {list(PRECISIONS)}")
+    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+    torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    return torch.bfloat16 if precision == "bf16" else torch.float32
 
 
 class FewShotError(ValueError):

@@ -142,16 +142,9 @@ class SelfAdaptiveModel:
             return ["few-shot"] * len(requests)
         prompts = [self.dispatch_prompt(r) for r in requests]
         if self.strategy == "prompt":
-            if self.dispatcher is None:
-                with self.model.disable_adapter():
-                    answers = self.model.generate(prompts, self.dispatch_tokens, eos_token_id=[])
-            else:
-                active = self.model.active_adapter
-                self.model.set_adapter(self.dispatcher)
-                try:
-                    answers = self.model.generate(prompts, self.dispatch_tokens, eos_token_id=[])
-                finally:
-                    self.model.set_adapter(active)
+            with (self.model.disable_adapter() if self.dispatcher is None
+                  else self.model.using_adapter(self.dispatcher)):
+                answers = self.model.generate(prompts, self.dispatch_tokens, eos_token_id=[])
             return [self.parse(a) for a in answers.tolist()]
         return self._classify(prompts)
 
@@ -164,12 +157,10 @@ class SelfAdaptiveModel:
         pairs = [(p, f) for p in prompts for f in forms]
         data = FewShotSet.from_ids(pairs)
         device = self.model.base_model.lm_head.weight.device
-        active = self.model.active_adapter
-        self.model.set_adapter(self.classifier)
         # chunks of rows: (prompts × categories) rows of full-vocabulary logits at once take gigabytes on CPU
         chunk = self.classify_rows or len(data)
         parts = []
-        try:
+        with self.model.using_adapter(self.classifier):
             for i in range(0, len(data), chunk):
                 logits = self.model(data.input_ids[i: i + chunk].to(device)).logits[:, :-1]
                 labels = data.labels[i: i + chunk, 1:].to(device)
@@ -177,8 +168,6 @@ class SelfAdaptiveModel:
                 mask = labels != -100
                 parts.append((ll * mask).sum(1) / mask.sum(1).clamp(min=1))
                 del logits, ll
-        finally:
-            self.model.set_adapter(active)
         scores = torch.cat(parts).view(len(prompts), len(cats))
         picks = scores.argmax(1).tolist()
         return [None if cats[i] == OTHERS else cats[i] for i in picks]
@@ -204,19 +193,12 @@ class SelfAdaptiveModel:
         that share an expert in one batch. Returns a list of id lists (and the choices)."""
         choices = self.choose(requests)
         out: List[Optional[List[int]]] = [None] * len(requests)
-        active = self.model.active_adapter
-        try:
-            for choice in dict.fromkeys(choices):
-                idx = [i for i, c in enumerate(choices) if c == choice]
-                ids = [self._ids(requests[i]) for i in idx]
-                if choice is None:
-                    with self.model.disable_adapter():
-                        gen = self.model.generate(ids, max_new_tokens, **kwargs)
-                else:
-                    self.model.set_adapter(self.mixture_adapter if choice == "few-shot" else self.experts[choice])
-                    gen = self.model.generate(ids, max_new_tokens, **kwargs)
-                for i, row in zip(idx, gen.tolist()):
-                    out[i] = row
-        finally:
-            self.model.set_adapter(active)
+        for choice in dict.fromkeys(choices):
+            idx = [i for i, c in enumerate(choices) if c == choice]
+            ids = [self._ids(requests[i]) for i in idx]
+            with (self.model.disable_adapter() if choice is None else self.model.using_adapter(
+                    self.mixture_adapter if choice == "few-shot" else self.experts[choice])):
+                gen = self.model.generate(ids, max_new_tokens, **kwargs)
+            for i, row in zip(idx, gen.tolist()):
+                out[i] = row
         return (out, choices) if return_choices else out

@@ -11,7 +11,7 @@ def run(args) -> int:
     import torch
 
     from ssm_offset.adapt.experts import load_experts
-    from ssm_offset.adapt.fewshot import DEFAULT_TEMPLATE, FewShotError, FewShotSet, few_shot_adapt
+    from ssm_offset.adapt.fewshot import DEFAULT_TEMPLATE, FewShotError, FewShotSet, few_shot_adapt, use_precision
     from ssm_offset.data import read_jsonl
     from ssm_offset.models import load_model
 
@@ -25,13 +25,10 @@ def run(args) -> int:
     data = FewShotSet.from_records(records, tokenizer, template, max_length=args.max_length)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     precision = args.precision if args.precision != "auto" else ("tf32" if device.startswith("cuda") else "fp32")
-    # TF32 matmuls are what makes a GPU's batched population forward fast (benches/results/adapt-h100.md: ~11x
-    # the recompose-per-candidate way, fitness equal to 1e-8); strict fp32 leaves it compute-bound at ~6x
-    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+    dtype = use_precision(precision)
     model = load_experts(load_model(args.model, device=device), args.store,
                          args.experts.split(",") if args.experts else None, tag=args.tag)
-    if precision == "bf16":  # after the experts are matched to the base by its (fp32) fingerprint
-        model = model.to(torch.bfloat16)
+    model = model.to(dtype)  # after the experts are matched to the base by its (fp32) fingerprint
     names = args.experts.split(",") if args.experts else [n for n in model.peft_config]
     result = few_shot_adapt(model, names, data, granularity=args.granularity, objective=args.objective,
                             population=args.population, iterations=args.iterations, seed=args.seed)
@@ -69,6 +66,7 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-length", type=int)
     p.add_argument("--device")
+    # "auto" and the names of ssm_offset.adapt.PRECISIONS, spelled out: registering a command imports no torch
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "tf32", "bf16"],
                    help="auto: TF32 matmuls on a GPU, fp32 on CPU; bf16 runs the model in bf16")
     p.add_argument("--json", action="store_true")

@@ -31,8 +31,8 @@ from .config import ConfigError, SSMConfig, config_from_hf_dict, config_from_mam
 
 PathLike = Union[str, os.PathLike]
 
-_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 _SINGLE, _INDEX = "model.safetensors", "model.safetensors.index.json"
+_WEIGHT_FILES = (_SINGLE, _INDEX, "pytorch_model.bin")
 _SHARD = re.compile(r"^model-\d{5}-of-\d{5}\.safetensors$")
 _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
            "fp16": torch.float16, "float16": torch.float16}
@@ -94,17 +94,15 @@ def read_config(directory: Path) -> Tuple[SSMConfig, str]:
 
 def read_tensors(directory: Path) -> Tuple[Dict[str, torch.Tensor], str]:
     """All tensors of the checkpoint in `directory`, and the file(s) they came from (for messages)."""
-    single = directory / "model.safetensors"
-    index = directory / "model.safetensors.index.json"
+    single = directory / _SINGLE
+    index = directory / _INDEX
     pickle = directory / "pytorch_model.bin"
     if single.is_file():
         return _read_safetensors(single), str(single)
     if index.is_file():
-        weight_map = json.loads(index.read_text()).get("weight_map")
-        if not isinstance(weight_map, dict):
-            raise CheckpointError(f"{index}: no 'weight_map' object")
+        weight_map, shards = _read_index(index)
         tensors: Dict[str, torch.Tensor] = {}
-        for shard in sorted(set(weight_map.values())):
+        for shard in shards:
             tensors.update(_read_safetensors(directory / shard))
         absent = sorted(k for k in weight_map if k not in tensors)
         if absent:
@@ -116,6 +114,15 @@ def read_tensors(directory: Path) -> Tuple[Dict[str, torch.Tensor], str]:
             raise CheckpointError(f"{pickle}: expected a flat state dict of tensors")
         return dict(state), str(pickle)
     raise FileNotFoundError(f"{directory}: no weights found (looked for {', '.join(_WEIGHT_FILES)})")
+
+
+def _read_index(index: Path) -> Tuple[Dict[str, str], List[str]]:
+    """A sharded checkpoint's index: its weight_map (tensor → shard) and the shards in name order (the order
+    transformers numbers them, the order they are read and hashed in)."""
+    weight_map = json.loads(index.read_text()).get("weight_map")
+    if not isinstance(weight_map, dict):
+        raise CheckpointError(f"{index}: no 'weight_map' object")
+    return weight_map, sorted(set(weight_map.values()))
 
 
 def _read_safetensors(path: Path) -> Dict[str, torch.Tensor]:
@@ -300,10 +307,7 @@ def checkpoint_files(directory: PathLike) -> List[Path]:
     if single.is_file():  # read_tensors' precedence
         return [single]
     if index.is_file():
-        weight_map = json.loads(index.read_text()).get("weight_map")
-        if not isinstance(weight_map, dict):
-            raise CheckpointError(f"{index}: no 'weight_map' object")
-        return [index, *(directory / shard for shard in sorted(set(weight_map.values())))]
+        return [index, *(directory / shard for shard in _read_index(index)[1])]
     raise FileNotFoundError(f"{directory}: no safetensors weights (looked for {_SINGLE}, {_INDEX})")
 
 

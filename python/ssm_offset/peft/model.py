@@ -141,6 +141,16 @@ class PeftModel(nn.Module):
             self._unwrap(None)
 
     @contextlib.contextmanager
+    def using_adapter(self, adapter_name: str) -> Iterator[None]:
+        """Within the block `adapter_name` is the active adapter; the one active before is restored on exit."""
+        active = self.active_adapter
+        self.set_adapter(adapter_name)
+        try:
+            yield
+        finally:
+            self.set_adapter(active)
+
+    @contextlib.contextmanager
     def disable_adapter(self) -> Iterator[None]:
         """Within the block the model computes exactly the base model (FULL cannot: it has no base copy)."""
         if any(c.peft_type == "FULL" for c in self.peft_config.values()):
