@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
 # On the GPU machine: build mamba_ssm and causal-conv1d (comparison baselines; transformers' fast Mamba
 # path needs both) from the sdists carried in .carry/sdist, for sm_90 only, side by side. Wheels that fit
-# go to $OUT so later runs can carry them instead of rebuilding. Installs into /tmp/site.
+# go to $OUT (xz tar parts; put them in .carry/wheels) so later runs carry them instead of rebuilding.
+# Installs into /tmp/site.
 set -euo pipefail
 SDIST=${SDIST:-.carry/sdist}
 WHEELS=${WHEELS:-.carry/wheels}
 mkdir -p /tmp/site /tmp/wheels
-if ls "$WHEELS"/mamba_ssm-*.whl "$WHEELS"/causal_conv1d-*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-deps --no-index --target /tmp/site "$WHEELS"/*.whl
+# Built wheels come back from an earlier call as xz-compressed tar parts (the two wheels are 66 MB, over
+# the 16 MiB a returned file may have and, uncompressed, over the 64 MiB carry): reassemble and install.
+if ls "$WHEELS"/baselines.tar.xz.part* >/dev/null 2>&1; then
+    cat "$WHEELS"/baselines.tar.xz.part* | tar xJf - -C /tmp/wheels
+fi
+if ls /tmp/wheels/mamba_ssm-*.whl /tmp/wheels/causal_conv1d-*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-deps --no-index --target /tmp/site /tmp/wheels/*.whl
+    echo "installed carried baseline wheels"
     exit 0
 fi
 build() {  # $1 sdist, $2 FORCE variable
@@ -41,8 +48,6 @@ echo "causal-conv1d built after $(( $(date +%s) - start )) s"
 ls -la /tmp/wheels
 python3 -m pip install -q --no-deps --no-index --target /tmp/site /tmp/wheels/*.whl
 if [ -n "${OUT:-}" ]; then
-    mkdir -p "$OUT/wheels"
-    for w in /tmp/wheels/*.whl; do
-        [ "$(stat -c %s "$w")" -lt 16000000 ] && cp "$w" "$OUT/wheels/" || echo "too large to bring back: $w"
-    done
+    (cd /tmp/wheels && tar cf - *.whl | xz -T0 -6 | split -b 15M - "$OUT/baselines.tar.xz.part")
+    ls -la "$OUT"/baselines.tar.xz.part*
 fi
