@@ -1,5 +1,5 @@
-"""Mamba-2 SSD on the GPU: ssm-offset's CUDA path (mamba_ssm's Triton SSD + our offset/readout kernel)
-against mamba_ssm's `mamba_chunk_scan_combined`, forward and forward+backward.
+"""Mamba-2 SSD on the GPU: ssm-offset's CUDA path (mamba_ssm's Triton SSD stages + our chunk-scan kernel, which
+adds the offsets in the same pass) against mamba_ssm's `mamba_chunk_scan_combined`, forward and forward+backward.
 
 Shape B8 L2048 H64 P64 N128, one group, chunk 256, bf16 x/B/C/dt, fp32 A/D/dt_bias/adapters, D + dt_bias +
 softplus on every arm, no z (Mamba-2 gates in its RMSNorm). Arms:
@@ -24,7 +24,7 @@ import torch
 
 SHAPE = (8, 2048, 64, 64, 128)  # batch, L, heads, headdim, d_state
 CHUNK = 256
-MAX_CONFIGS = 0  # --max-configs: autotuning configs kept per mamba_ssm kernel (0 = all), for compile time
+MAX_CONFIGS = 0  # --max-configs: autotuning configs kept per SSD kernel, mamba_ssm's and ours (0 = all)
 
 
 def bench(fn, warmup=50, rep=300):

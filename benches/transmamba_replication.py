@@ -659,7 +659,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     if device.type == "cuda" and args.autotune_configs:
         from ssm_offset.ops.ssd import kernel as ssd_kernel
 
-        log(f"mamba_ssm autotuning limited to {args.autotune_configs} config(s) in "
+        log(f"SSD autotuning (mamba_ssm's and ours) limited to {args.autotune_configs} config(s) in "
             f"{ssd_kernel.limit_autotuning(args.autotune_configs)} kernels")
     result: Dict[str, Any] = {
         "command": "python3 benches/transmamba_replication.py " + " ".join(sys.argv[1:] if argv is None else argv),

@@ -2,8 +2,8 @@
 
 For a small Mamba and Mamba-2 model, each method with every adapter parameter moved off its initial
 value: the loss, the logits and the gradient of every trainable parameter on CUDA (fp32, our kernels:
-the Mamba-1 CUDA scan, the Mamba-2 Triton SSD + offset kernel) against the same model in float64 on the
-CPU (the reference ops). fp32 Triton dots are asked to be IEEE (see test_cuda_ssd.py).
+the Mamba-1 CUDA scan, the Mamba-2 Triton SSD + our chunk-scan kernel) against the same model in float64 on
+the CPU (the reference ops). fp32 Triton dots are asked to be IEEE (see test_cuda_ssd.py).
 """
 from __future__ import annotations
 

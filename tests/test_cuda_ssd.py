@@ -1,19 +1,22 @@
-"""The CUDA Mamba-2 (SSD) path (mamba_ssm's Triton SSD + our offset/readout kernel, ops/ssd/kernel.py)
-against the float64 chunked reference: outputs, final state and the autograd gradients of every input.
+"""The CUDA Mamba-2 (SSD) path (mamba_ssm's Triton SSD stages + our chunk-scan kernel with the offsets and
+the gate fused in, ops/ssd/kernel.py and scan_kernel.py) against the float64 chunked reference: outputs, final
+state and the autograd gradients of every input.
 
 Pairwise grid as in test_cuda_selective_scan.py (every pair of parameter values appears together in some
 case), plus every flag at lengths 2049 and 8192 in bf16. Fresh random inputs per run (seed in the failure
 message), free allocator memory poisoned with NaN before each call. Tolerances are mamba_ssm's: fp32
 rtol 6e-4 / atol 2e-3, bf16 3e-2 / 5e-2. Triton runs fp32 dots in tf32 unless told otherwise; the fp32
 cases here ask for IEEE fp32 (TRITON_F32_DEFAULT=ieee, set before any kernel compiles) so that they test
-the algorithm at fp32 tolerance. (P, N, chunk) take three values only: each new one costs mamba_ssm's
+the algorithm at fp32 tolerance. (P, N, chunk) take few values: each new one costs the kernels'
 autotuning on the first call, which the tests cut to one config per kernel (`limit_autotuning`): each
-autotuned kernel otherwise compiles all its configs at every new specialization, minutes per case.
+autotuned kernel otherwise compiles all its configs at every new specialization, minutes per case; one test
+runs each of our kernel's configs in turn, since real runs may pick any of them.
 """
 from __future__ import annotations
 
 import json
 import os
+import warnings
 
 os.environ.setdefault("TRITON_F32_DEFAULT", "ieee")
 
@@ -146,12 +149,13 @@ def _check_against_reference(case, documents):
     seq = _documents(BATCH, case["length"], seed) if documents else None
 
     _poison()
-    y, final = ssd_scan(**leaves, **kw, chunk_size=64, return_final_state=True, seq_idx=seq)
+    chunk = case.get("chunk", 64)
+    y, final = ssd_scan(**leaves, **kw, chunk_size=chunk, return_final_state=True, seq_idx=seq)
     torch.cuda.synchronize()
     r = {k: ref.get(k) for k in t}
     y_ref, final_ref = ssd_chunked(r["x"], r["dt"], r["A"], r["B"], r["C"], r["D"], r["z"], r["dt_bias"],
                                    kw["dt_softplus"], kw["dt_limit"], r["initial_state"], r["state_offset"],
-                                   r["y_offset"], 64, seq_idx=seq)
+                                   r["y_offset"], chunk, seq_idx=seq)
     failures = []
     _close("y", y, y_ref, dt, seed, failures)
     _close("final_state", final, final_ref, dt, seed, failures)
@@ -162,6 +166,63 @@ def _check_against_reference(case, documents):
     for k in names:
         _close(f"d{k}", leaves[k].grad, ref[k].grad, dt, seed, failures)
     assert not failures, "; ".join(failures)
+
+
+FUSED = dict(z=True, D="hp", dt_bias=True, softplus=True, dt_limit=False, initial_state="row",
+             state_offset="row", y_offset="shared")
+CHUNK_CASES = [
+    # the benchmark's chunk and shape (smaller batch and heads), a short chunk, and N over two of our N tiles
+    dict(length=1000, shape=(64, 128), groups=1, dtype=torch.bfloat16, chunk=256, **FUSED),
+    dict(length=300, shape=(16, 16), groups=2, dtype=torch.float32, chunk=16, **FUSED),
+    dict(length=333, shape=(32, 256), groups=2, dtype=torch.float32, chunk=128, **{**FUSED, "state_offset": "shared"}),
+    dict(length=333, shape=(32, 256), groups=1, dtype=torch.bfloat16, chunk=128, **{**FUSED, "z": False}),
+]
+
+
+@pytest.mark.parametrize("case", CHUNK_CASES, ids=[_id(c) for c in CHUNK_CASES])
+def test_chunk_sizes_and_wide_states_match_float64_reference(case):
+    _check_against_reference(case, documents=False)
+
+
+def test_cuda_scan_runs_our_chunk_scan_kernel(monkeypatch):
+    """The offsets are applied in our kernel, on the CUDA path (no silent fallback to the reference)."""
+    from ssm_offset.ops.ssd import scan_kernel
+
+    calls = []
+    real = scan_kernel.chunk_scan
+    monkeypatch.setattr(scan_kernel, "chunk_scan", lambda *a, **k: calls.append(k) or real(*a, **k))
+    case = dict(length=100, shape=(16, 16), groups=1, dtype=torch.bfloat16, **FUSED)
+    t = _inputs(case, seed=7)
+    ssd_scan(**{k: v for k, v in t.items() if v is not None}, dt_softplus=True)
+    assert len(calls) == 1 and calls[0]["state_offset"] is not None and calls[0]["y_offset"] is not None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+def test_every_chunk_scan_config(dtype):
+    """Each of our kernel's autotuning configs alone (the tests otherwise keep only the smallest), forward with
+    documents and the gate's backward mode, at the benchmark's chunk and a partial last chunk."""
+    from triton.runtime.errors import OutOfResources
+
+    from ssm_offset.ops.ssd import scan_kernel
+
+    tuner = scan_kernel._chunk_scan_kernel
+    kept = tuner.configs
+    case = dict(length=600, shape=(64, 128), groups=2, dtype=dtype, chunk=256, **FUSED)
+    too_big = []
+    try:
+        for config in scan_kernel.CONFIGS:
+            tuner.configs = [config]
+            try:
+                _check_against_reference(case, documents=True)
+            except OutOfResources:  # autotuning passes over such a config; it must not be the only one
+                too_big.append(str(config))
+            except AssertionError as exc:
+                raise AssertionError(f"config {config}: {exc}") from None
+    finally:
+        tuner.configs = kept
+    assert len(too_big) < len(scan_kernel.CONFIGS) // 2, f"configs beyond this GPU's resources: {too_big}"
+    if too_big:
+        warnings.warn(f"{dtype}: configs beyond this GPU's resources (autotuning skips them): {too_big}")
 
 
 def test_torch_compile_fullgraph_on_cuda():

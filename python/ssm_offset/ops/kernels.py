@@ -201,8 +201,8 @@ def _step_cuda(state, u, delta, A, B, C, D, z, delta_bias, delta_softplus, state
 
 def register() -> bool:
     """Attach the CUDA implementations to the Mamba-1 and Mamba-2 ops (once); building waits for the first
-    CUDA call. Mamba-2 (SSD) runs mamba_ssm's Triton SSD with our offset kernel (ssd/kernel.py); its decode
-    step stays on the reference (a few elementwise ops per token)."""
+    CUDA call. Mamba-2 (SSD) runs mamba_ssm's Triton SSD stages with our chunk-scan kernel (ssd/kernel.py); its
+    decode step stays on the reference (a few elementwise ops per token)."""
     global _registered
     if _registered or not enabled():
         return _registered

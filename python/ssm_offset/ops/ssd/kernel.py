@@ -1,22 +1,23 @@
-"""Mamba-2 (SSD) on CUDA: mamba_ssm's Triton SSD (an optional dependency, called, not copied) plus our own
-Triton kernel for what it lacks, registered as the CUDA implementation of `ssm_offset::ssd_fwd/ssd_bwd`.
+"""Mamba-2 (SSD) on CUDA: mamba_ssm's Triton SSD stages (an optional dependency, called, not copied) plus our
+own chunk-scan output kernel (scan_kernel.py), registered as the CUDA implementation of `ssm_offset::ssd_fwd/_bwd`.
 
-mamba_ssm's `_mamba_chunk_scan_combined_fwd/_bwd` already take the initial state (and its gradient), the
-final-state gradient, dt_bias / softplus / dt_limit and D. What they lack is the State-offset term and the
-y offset, both applied before the z gate:
+The forward runs mamba_ssm's first four stages as its `_mamba_chunk_scan_combined_fwd` does — the within-chunk
+cumsum of Δ·A (with dt_bias / softplus / dt_limit), each chunk's own state, the states passed across chunks
+(from the initial state, giving the final state) and the per-chunk C·Bᵀ — and then our kernel in place of its
+`_chunk_scan_fwd`. Ours adds what mamba_ssm's lacks, in the same pass over y, before the z gate:
 
     out_t = (y_t + C_t h' + y') ⊙ silu(z_t)          y_t = C_t h_t + D x_t   (mamba_ssm's ungated output)
 
-so the scan runs without z and one epilogue kernel (`_readout_kernel`) adds C_t h' (a (Q×N)·(N×P) tile
-product per head on the tensor cores), y' and the gate, in place over y: one read and one write of y, no
-separate pass for each term. Nothing runs when there is no offset, no y' and no z. The backward needs the
-gradient before the gate, dy_pre = dout ⊙ silu(z); then
+C_t h' is one more (Q×N)·(N×P) tile product on the C tile already loaded for C_t·S, so an offset costs no
+extra pass over y. The backward is mamba_ssm's `_mamba_chunk_scan_combined_bwd` on the gradient before the
+gate, dy_pre = dout ⊙ silu(z); then
 
     dh'[h] = Σ_t dy_pre_t,hᵀ C_t          dC_t += Σ_{h in group} dy_pre_t,h h'[h]          dy' = Σ_t dy_pre_t
 
 are two plain matrix products (cuBLAS) over (batch·L, H·P) views and a sum. With z, dz needs the pre-gate
-sum s = y + C h' + y', which the op does not keep: the backward then re-runs the forward (mamba_ssm's own
-backward re-runs most of it too). Mamba-2 models gate in their RMSNorm, so their scans have no z.
+sum s = y + C h' + y', which the op does not keep: the backward re-runs the forward stages and our kernel in
+its backward mode, which writes dy_pre and dz instead of out (mamba_ssm's own backward re-runs most of it
+too). Mamba-2 models gate in their RMSNorm, so their scans have no z.
 
 mamba_ssm's package `__init__` imports its compiled CUDA extension, which a pure-Python install (an sdist
 with MAMBA_SKIP_CUDA_BUILD=TRUE, or the unpacked source on PYTHONPATH) does not have; the Triton SSD needs
@@ -70,118 +71,11 @@ def available() -> bool:
 
 def status() -> str:
     if _ssd is not None:
-        return "Mamba-2 SSD: mamba_ssm Triton SSD + ssm_offset offset/readout kernel for CUDA tensors"
+        return "Mamba-2 SSD: mamba_ssm Triton SSD stages + ssm_offset chunk-scan kernel for CUDA tensors"
     if _error is not None:
         return f"Mamba-2 SSD: PyTorch reference ({_error})"
-    return "Mamba-2 SSD: mamba_ssm Triton SSD + ssm_offset offset kernel when mamba_ssm is importable (checked on first use)"
-
-
-# ------------------------------------------------------------------------------------------ Triton kernel
-
-_readout_kernel = None
-
-
-def _kernel():
-    """Compile-on-import of the Triton epilogue (triton is only imported once a CUDA tensor needs it)."""
-    global _readout_kernel
-    if _readout_kernel is not None:
-        return _readout_kernel
-    import triton
-    import triton.language as tl
-
-    @triton.jit
-    def readout(
-        y_ptr, c_ptr, off_ptr, yoff_ptr, z_ptr, dout_ptr, out_ptr, dz_ptr,
-        L, H, P, N, heads_per_group,
-        s_b, s_l, s_h,  # y, z, dout, out, dz: one contiguous (batch, L, H, P) layout
-        s_cb, s_cl, s_cg,
-        s_ob, s_oh, s_op,
-        s_yob, s_yoh,
-        HAS_OFF: tl.constexpr, HAS_YOFF: tl.constexpr, HAS_Z: tl.constexpr, BWD: tl.constexpr,
-        IEEE: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
-    ):
-        pid_l = tl.program_id(0)
-        pid_bh = tl.program_id(1)
-        b = pid_bh // H
-        h = pid_bh % H
-        g = h // heads_per_group
-        rows = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
-        cols = tl.arange(0, BLOCK_P)
-        rmask = rows < L
-        pmask = cols < P
-        mask = rmask[:, None] & pmask[None, :]
-        offs = b.to(tl.int64) * s_b + rows[:, None].to(tl.int64) * s_l + h * s_h + cols[None, :]
-        s = tl.load(y_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-        if HAS_OFF:
-            acc = tl.zeros((BLOCK_L, BLOCK_P), dtype=tl.float32)
-            c_base = c_ptr + b.to(tl.int64) * s_cb + g * s_cg
-            o_base = off_ptr + b.to(tl.int64) * s_ob + h * s_oh
-            for n0 in range(0, N, BLOCK_N):
-                ns = n0 + tl.arange(0, BLOCK_N)
-                nmask = ns < N
-                c = tl.load(c_base + rows[:, None].to(tl.int64) * s_cl + ns[None, :],
-                            mask=rmask[:, None] & nmask[None, :], other=0.0)
-                o = tl.load(o_base + cols[None, :] * s_op + ns[:, None], mask=nmask[:, None] & pmask[None, :], other=0.0)
-                if IEEE:
-                    acc += tl.dot(c.to(tl.float32), o.to(tl.float32), input_precision="ieee")
-                else:
-                    acc += tl.dot(c, o.to(c.dtype))
-            s += acc
-        if HAS_YOFF:
-            s += tl.load(yoff_ptr + b * s_yob + h * s_yoh + cols, mask=pmask, other=0.0).to(tl.float32)[None, :]
-        if HAS_Z:
-            zz = tl.load(z_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-            sig = tl.sigmoid(zz)
-            if BWD:
-                do = tl.load(dout_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-                tl.store(dz_ptr + offs, (do * s * sig * (1.0 + zz * (1.0 - sig))).to(dz_ptr.dtype.element_ty), mask=mask)
-                tl.store(out_ptr + offs, (do * zz * sig).to(out_ptr.dtype.element_ty), mask=mask)
-            else:
-                tl.store(out_ptr + offs, (s * zz * sig).to(out_ptr.dtype.element_ty), mask=mask)
-        else:
-            tl.store(out_ptr + offs, s.to(out_ptr.dtype.element_ty), mask=mask)
-
-    _readout_kernel = readout
-    return readout
-
-
-def _pow2(n: int, lo: int = 16) -> int:
-    return max(lo, 1 << (max(n, 1) - 1).bit_length())
-
-
-def _readout(y, C, state_offset, y_offset, z, dout=None):
-    """Forward (dout None): y ← (y + C h' + y') ⊙ silu(z) in place, returned.
-    Backward: returns (dy_pre, dz) from dout, with y the ungated scan output."""
-    import triton
-
-    batch, length, nheads, headdim = y.shape
-    groups, nstate = C.shape[-2:]
-    off = None if state_offset is None else state_offset.contiguous()
-    yoff = None if y_offset is None else y_offset.contiguous()
-    if dout is None:
-        out, dz = y, None
-    else:
-        # dy_pre in fp32: the offset, y-offset and restart gradients are sums of it over batch x L, which
-        # bf16-rounded terms would miss by ~sqrt(batch L) ulps (mamba_ssm's backward takes it cast back)
-        dout = dout.contiguous()
-        out, dz = torch.empty_like(dout, dtype=torch.float32), torch.empty_like(z)
-    dummy = y
-    block_l = 64
-    grid = (triton.cdiv(length, block_l), batch * nheads)
-    _kernel()[grid](
-        y, C, dummy if off is None else off, dummy if yoff is None else yoff, dummy if z is None else z,
-        dummy if dout is None else dout, out, dummy if dz is None else dz,
-        length, nheads, headdim, nstate, nheads // groups,
-        y.stride(0), y.stride(1), y.stride(2),
-        C.stride(0), C.stride(1), C.stride(2),
-        0 if off is None or off.dim() == 3 else off.stride(0),
-        0 if off is None else off.stride(-3), 0 if off is None else off.stride(-2),
-        0 if yoff is None or yoff.dim() == 2 else yoff.stride(0), 0 if yoff is None else yoff.stride(-2),
-        HAS_OFF=off is not None, HAS_YOFF=yoff is not None, HAS_Z=z is not None, BWD=dout is not None,
-        IEEE=y.dtype == torch.float32, BLOCK_L=block_l, BLOCK_P=_pow2(headdim), BLOCK_N=min(64, _pow2(nstate)),
-        num_warps=4,
-    )
-    return out if dout is None else (out, dz)
+    return ("Mamba-2 SSD: mamba_ssm Triton SSD stages + ssm_offset chunk-scan kernel when mamba_ssm is importable "
+            "(checked on first use)")
 
 
 # ------------------------------------------------------------------------------------- op implementations
@@ -237,21 +131,37 @@ def _restarts(seq_idx, dt, A, dt_bias, C, initial_state, dt_softplus, dt_min, dt
     return _restarted_initial_state(seq_idx, a * A.float(), h0, heads_to_groups(C.float(), nheads), zero)
 
 
-def _scan(x, dt, A, B, C, D, dt_bias, initial_state, dt_softplus, dt_min, dt_max, chunk_size, seq_idx=None):
-    """mamba_ssm's ungated forward: y = C h + D x (batch, L, H, P) in x's dtype, and the fp32 final state; with
-    document boundaries each document restarts from the initial state (mamba_ssm's scan plus `_restarts`)."""
+def _forward(x, dt, A, B, C, D, z, dt_bias, initial_state, state_offset, y_offset, dt_softplus, dt_min, dt_max,
+             chunk_size, seq_idx=None, dout=None):
+    """The scan's output (batch, L, H, P) in x's dtype, offsets and gate applied, and the fp32 final state; with
+    dout (needs z), (dy_pre, dz) in place of the output. With document boundaries each document restarts from
+    the initial state (mamba_ssm's seq_idx plus `_restarts`, added in our kernel before the gate)."""
+    from .scan_kernel import chunk_scan
+
     m = _mamba_ssd()
-    y, _, _, _, _, final = m._mamba_chunk_scan_combined_fwd(
-        x.contiguous(), dt.contiguous(), A.float().contiguous(), B.contiguous(), C.contiguous(), _chunk(chunk_size),
-        D=None if D is None else D.contiguous(), z=None, dt_bias=None if dt_bias is None else dt_bias.contiguous(),
-        initial_states=_full_state(initial_state, x.shape[0]), seq_idx=_documents(seq_idx), dt_softplus=dt_softplus,
-        dt_limit=(dt_min, dt_max),
-    )
+    batch, length, nheads, headdim = x.shape
+    nstate = B.shape[-1]
+    q = _chunk(chunk_size)
+    x, B, C = x.contiguous(), B.contiguous(), C.to(x.dtype).contiguous()
+    docs = _documents(seq_idx)
+    init = _full_state(initial_state, batch)
+    dA_cumsum, dt_c = m._chunk_cumsum_fwd(dt.contiguous(), A.float().contiguous(), q,
+                                          dt_bias=None if dt_bias is None else dt_bias.contiguous(),
+                                          dt_softplus=dt_softplus, dt_limit=(dt_min, dt_max))
+    own = m._chunk_state_fwd(B, x, dt_c, dA_cumsum, seq_idx=docs, states_in_fp32=True)
+    entering, final = m._state_passing_fwd(own.flatten(-2), dA_cumsum[:, :, :, -1],
+                                           initial_states=None if init is None else init.flatten(-2),
+                                           seq_idx=docs, chunk_size=q, out_dtype=C.dtype)
+    entering, final = entering.unflatten(-1, (headdim, nstate)), final.unflatten(-1, (headdim, nstate)).float()
+    cb = m._bmm_chunk_fwd(C, B, q, seq_idx=docs, output_dtype=torch.float32)
+    restart = None
     if seq_idx is not None and initial_state is not None:
-        y_h0, final_h0 = _restarts(seq_idx, dt, A, dt_bias, C, initial_state, dt_softplus, dt_min, dt_max)
-        y = (y.float() + y_h0).to(y.dtype)
-        final = final.float() + final_h0
-    return y, final
+        restart, final_h0 = _restarts(seq_idx, dt, A, dt_bias, C, initial_state, dt_softplus, dt_min, dt_max)
+        final = final + final_h0
+    out = chunk_scan(cb, x, dt_c, dA_cumsum, C, entering, D=D, z=None if z is None else z.to(x.dtype),
+                     state_offset=state_offset, y_offset=y_offset, extra=restart, seq_idx=docs,
+                     dout=None if dout is None else dout.to(x.dtype))
+    return out, final
 
 
 def ssd_fwd_cuda(x, dt, A, B, C, D, z, dt_bias, initial_state, state_offset, y_offset, dt_softplus, dt_min, dt_max,
@@ -261,10 +171,8 @@ def ssd_fwd_cuda(x, dt, A, B, C, D, z, dt_bias, initial_state, state_offset, y_o
     if not _usable(x, chunk_size):
         return _reference(x, dt, A, B, C, D, z, dt_bias, initial_state, state_offset, y_offset, dt_softplus,
                           dt_min, dt_max, chunk_size, seq_idx)
-    y, final = _scan(x, dt, A, B, C, D, dt_bias, initial_state, dt_softplus, dt_min, dt_max, chunk_size, seq_idx)
-    if state_offset is not None or y_offset is not None or z is not None:
-        y = _readout(y, C.contiguous(), state_offset, y_offset, None if z is None else z.to(x.dtype).contiguous())
-    return y, final.float()
+    return _forward(x, dt, A, B, C, D, z, dt_bias, initial_state, state_offset, y_offset, dt_softplus, dt_min,
+                    dt_max, chunk_size, seq_idx)
 
 
 def ssd_bwd_cuda(dy, dfinal_state, x, dt, A, B, C, D, z, dt_bias, initial_state, state_offset, y_offset,
@@ -282,8 +190,8 @@ def ssd_bwd_cuda(dy, dfinal_state, x, dt, A, B, C, D, z, dt_bias, initial_state,
     dz = None
     dy32 = dy  # the gradient before the gate at the best precision we have, for the sums below
     if z is not None:
-        y, _ = _scan(x, dt, A, B, C, D, dt_bias, initial_state, dt_softplus, dt_min, dt_max, chunk_size, seq_idx)
-        dy32, dz = _readout(y, Cc, state_offset, y_offset, z.to(x.dtype).contiguous(), dout=dy)
+        (dy32, dz), _ = _forward(x, dt, A, B, C, D, z, dt_bias, initial_state, state_offset, y_offset, dt_softplus,
+                                 dt_min, dt_max, chunk_size, seq_idx, dout=dy)
         dy = dy32.to(x.dtype)
     dx, ddt, dA, dB, dC, dD, _, ddt_bias, dinit = m._mamba_chunk_scan_combined_bwd(
         dy, xc, dt.contiguous(), A.float().contiguous(), B.contiguous(), Cc, xc, _chunk(chunk_size),
@@ -339,25 +247,29 @@ def ssd_bwd_cuda(dy, dfinal_state, x, dt, A, B, C, D, z, dt_bias, initial_state,
 
 
 def limit_autotuning(max_configs: int = 1) -> int:
-    """Keep at most `max_configs` of each mamba_ssm SSD kernel's autotuning configs (its first ones, plus the
-    smallest, which always fits). Autotuning compiles every config at every new specialization (dtype,
-    flags, lengths divisible by 16 or not), minutes per shape on a busy machine: tests use 1, a benchmark a
-    few. Returns the number of kernels limited (0 when mamba_ssm is unavailable)."""
-    if _mamba_ssd() is None:
+    """Keep at most `max_configs` of each SSD kernel's autotuning configs, ours and mamba_ssm's (when it is
+    importable): the first ones, plus the smallest, which always fits. Autotuning compiles every config at every
+    new specialization (dtype, flags, lengths divisible by 16 or not), minutes per shape on a busy machine:
+    tests use 1, a benchmark a few. Returns the number of kernels limited (0 without triton)."""
+    if importlib.util.find_spec("triton") is None:
         return 0
     from triton.runtime.autotuner import Autotuner
+
+    from . import scan_kernel
+
+    _mamba_ssd()  # imports mamba_ssm's SSD modules, whose kernels are limited below
 
     def cost(cfg):
         size = 1
         for k, v in cfg.kwargs.items():
-            if k.startswith("BLOCK_SIZE_"):
+            if k.startswith("BLOCK_"):
                 size *= v
         return size * (cfg.num_stages or 1)
 
+    modules = [mod for name, mod in list(sys.modules.items())
+               if name.startswith("mamba_ssm.ops.triton.ssd_") and mod is not None] + [scan_kernel]
     count = 0
-    for name, mod in list(sys.modules.items()):
-        if not name.startswith("mamba_ssm.ops.triton.ssd_") or mod is None:
-            continue
+    for mod in modules:
         for obj in vars(mod).values():
             if isinstance(obj, Autotuner) and len(obj.configs) > max_configs:
                 smallest = min(obj.configs, key=cost)
