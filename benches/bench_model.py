@@ -40,7 +40,7 @@ def _ours(reference_scan: bool):
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
 
         def scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, initial_state=None,
-                 state_offset=None, y_offset=None, return_final_state=False):
+                 state_offset=None, y_offset=None, return_final_state=False, seq_idx=None):
             y, last = selective_scan_fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state=True)
             if state_offset is not None:
                 y = y + torch.einsum("bdl,bnl,dn->bdl", F.silu(z), C, state_offset.to(y.dtype))

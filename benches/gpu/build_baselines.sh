@@ -47,7 +47,9 @@ wait $c || { tail -30 /tmp/build-conv.log; exit 1; }
 echo "causal-conv1d built after $(( $(date +%s) - start )) s"
 ls -la /tmp/wheels
 python3 -m pip install -q --no-deps --no-index --target /tmp/site /tmp/wheels/*.whl
-if [ -n "${OUT:-}" ]; then
-    (cd /tmp/wheels && tar cf - *.whl | xz -T0 -6 | split -b 15M - "$OUT/baselines.tar.xz.part")
-    ls -la "$OUT"/baselines.tar.xz.part*
+PARTS=${PARTS:-${OUT:-}}
+if [ -n "$PARTS" ]; then
+    mkdir -p "$PARTS"
+    (cd /tmp/wheels && tar cf - *.whl | xz -T0 -6 | split -b 15M - "$PARTS/baselines.tar.xz.part")
+    ls -la "$PARTS"/baselines.tar.xz.part*
 fi

@@ -1,22 +1,44 @@
 #!/usr/bin/env bash
-# On the GPU machine (one call, < 10 min): the CUDA test files while mamba_ssm and causal-conv1d build in the
-# background (or install from carried parts in .carry/wheels), then the tests that compare against
-# mamba_ssm's compiled scan, and the Mamba-1 kernel benchmark. Logs and results go to $OUT.
-#   bash benches/gpu/cuda_check.sh [bench_selective_scan.py options]
+# On the GPU machine, in two calls on one warm machine (each < 10 min):
+#   bash benches/gpu/cuda_check.sh tests   start building mamba_ssm + causal-conv1d in a detached session (it
+#                                          outlives the call; or install carried parts from .carry/wheels),
+#                                          then the CUDA test files and the Mamba-2 SSD benchmark
+#   bash benches/gpu/cuda_check.sh bench   wait for the baselines, bring their wheels back as xz parts, the
+#                                          tests against mamba_ssm's compiled scan, the Mamba-1 kernel benchmark
+#                                          and the model-level benchmark
+# Logs and results go to $OUT.
 set -uo pipefail
 source benches/gpu/env.sh
-( bash benches/gpu/build_baselines.sh > $OUT/build-baselines.log 2>&1; echo "rc=$?" >> $OUT/build-baselines.log ) &
-b=$!
-t "building our kernels"; python3 -m ssm_offset.cli build-kernels 2>&1 | tail -2
-for f in test_cuda_selective_scan test_cuda_ssd test_cuda_adapters; do
-  t "$f"
-  SSM_OFFSET_SSD_ERROR_LOG=$OUT/ssd-errors.json timeout 150 python3 -m pytest -q --tb=short -p no:cacheprovider \
-    tests/$f.py -k "not mamba_ssm" 2>&1 | tee $OUT/$f.log | tail -6
-done
-t "waiting for baselines"; wait $b; tail -3 $OUT/build-baselines.log
-t "tests against mamba_ssm's compiled scan"
-timeout 120 python3 -m pytest -q --tb=short -p no:cacheprovider tests/test_cuda_selective_scan.py -k mamba_ssm 2>&1 \
-  | tee $OUT/test_cuda_mamba_ssm.log | tail -6
-t "Mamba-1 kernel bench"
-timeout 110 python3 benches/bench_selective_scan.py --out $OUT/kernels-h100 "$@" 2>&1 | tail -20
+STAGE=${1:-tests}
+if [ "$STAGE" = tests ]; then
+  if [ ! -e /tmp/baselines.started ]; then
+    touch /tmp/baselines.started
+    setsid bash -c "BUILD_JOBS=5 PARTS=/tmp/wheelparts bash benches/gpu/build_baselines.sh > /tmp/build-baselines.log 2>&1; echo rc=\$? >> /tmp/build-baselines.log; touch /tmp/baselines.done" < /dev/null > /dev/null 2>&1 &
+  fi
+  t "building our kernels"; python3 -m ssm_offset.cli build-kernels 2>&1 | tail -2
+  t "test_cuda_selective_scan"
+  timeout 150 python3 -m pytest -q --tb=short -p no:cacheprovider tests/test_cuda_selective_scan.py -k "not mamba_ssm" 2>&1 \
+    | tee $OUT/test_cuda_selective_scan.log | tail -6
+  t "test_cuda_ssd, test_ssd_interpret"
+  SSM_OFFSET_SSD_ERROR_LOG=$OUT/ssd-errors.json timeout 220 python3 -m pytest -q --tb=short -p no:cacheprovider \
+    tests/test_cuda_ssd.py tests/test_ssd_interpret.py 2>&1 | tee $OUT/test_cuda_ssd.log | tail -12
+  t "test_cuda_adapters"
+  timeout 100 python3 -m pytest -q --tb=short -p no:cacheprovider tests/test_cuda_adapters.py 2>&1 \
+    | tee $OUT/test_cuda_adapters.log | tail -6
+  t "Mamba-2 SSD bench"
+  timeout 150 python3 benches/bench_ssd.py --max-configs 4 --out $OUT/ssd-h100 2>&1 | tail -14
+  t "baselines: $(tail -2 /tmp/build-baselines.log 2>/dev/null | tr '\n' ' ')"
+else
+  t "waiting for baselines"
+  while [ ! -e /tmp/baselines.done ]; do sleep 5; done
+  tail -4 /tmp/build-baselines.log; cp /tmp/wheelparts/baselines.tar.xz.part* $OUT/ 2>/dev/null
+  python3 -m pip install -q --no-deps --no-index --target /tmp/site /tmp/wheels/*.whl
+  t "tests against mamba_ssm's compiled scan"
+  timeout 120 python3 -m pytest -q --tb=short -p no:cacheprovider tests/test_cuda_selective_scan.py -k mamba_ssm 2>&1 \
+    | tee $OUT/test_cuda_mamba_ssm.log | tail -6
+  t "Mamba-1 kernel bench"
+  timeout 120 python3 benches/bench_selective_scan.py --out $OUT/kernels-h100 2>&1 | tail -20
+  t "model bench"
+  timeout 200 python3 benches/bench_model.py --out $OUT/model-h100 2>&1 | tee $OUT/model.log | tail -12
+fi
 t "done"
