@@ -264,7 +264,7 @@ def ssd_fwd_cuda(x, dt, A, B, C, D, z, dt_bias, initial_state, state_offset, y_o
     y, final = _scan(x, dt, A, B, C, D, dt_bias, initial_state, dt_softplus, dt_min, dt_max, chunk_size, seq_idx)
     if state_offset is not None or y_offset is not None or z is not None:
         y = _readout(y, C.contiguous(), state_offset, y_offset, None if z is None else z.to(x.dtype).contiguous())
-    return y, final.float()
+    return y.contiguous(), final.float()
 
 
 def ssd_bwd_cuda(dy, dfinal_state, x, dt, A, B, C, D, z, dt_bias, initial_state, state_offset, y_offset,
@@ -329,12 +329,12 @@ def ssd_bwd_cuda(dy, dfinal_state, x, dt, A, B, C, D, z, dt_bias, initial_state,
     out = []
     for g, t, name in zip(grads, inputs, names):
         if t is None or g is None:
-            out.append(torch.empty(0, device=x.device) if t is None else torch.zeros_like(t))
+            out.append(torch.empty(0, device=x.device) if t is None else t.new_zeros(t.shape))
             continue
         g = g.reshape(t.shape)
         if name in restart_grads:
             g = g.float() + restart_grads[name].reshape(t.shape)
-        out.append(g.to(t.dtype))
+        out.append(g.to(t.dtype).contiguous())  # contiguous, as the op's fake says (see _common.fake_grads)
     return out
 
 
