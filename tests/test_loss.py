@@ -120,3 +120,26 @@ def test_output_shape_and_bad_input():
         linear_cross_entropy(torch.zeros(2, 4), torch.zeros(5, 4), torch.zeros(2, dtype=torch.long), "none")
     with pytest.raises(ValueError, match=r"targets: got shape \(3,\), expected \(2,\)"):
         linear_cross_entropy(torch.zeros(2, 4), torch.zeros(5, 4), torch.zeros(3, dtype=torch.long))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_rms_norm_is_the_formula(dtype):
+    """RMSNorm takes torch's fused rms_norm where input and weight share an fp32/fp64 dtype (the fp32 residual
+    stream); it must stay transformers' formula: fp32 statistics, cast back before the weight."""
+    from ssm_offset.models.base import RMSNorm
+
+    g = torch.Generator().manual_seed(0)
+    norm = RMSNorm(24, eps=1e-5).to(dtype)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(24, generator=g))
+    x = (torch.randn(3, 5, 24, generator=g) * 3).to(dtype).requires_grad_()
+    xf = x.detach().to(torch.promote_types(dtype, torch.float32)).requires_grad_()
+    want = norm.weight.detach() * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-5)).to(dtype)
+    got = norm(x)
+    tol = {torch.float32: 1e-6, torch.float64: 1e-12, torch.bfloat16: 1e-2}[dtype]
+    assert got.dtype == dtype and torch.allclose(got.float(), want.float(), rtol=tol, atol=tol)
+    if dtype != torch.bfloat16:
+        grad = torch.randn(got.shape, generator=g, dtype=dtype)
+        (gx,) = torch.autograd.grad(got, x, grad)
+        (gw,) = torch.autograd.grad(want, xf, grad)
+        assert torch.allclose(gx, gw, rtol=tol * 10, atol=tol * 10)
