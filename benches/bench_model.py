@@ -2,15 +2,21 @@
 random weights), batch 8 × 1024 random tokens, bf16 autocast, AdamW step included.
 
 Arms:
-  ours state-offset-h            ssm_offset MambaForCausalLM + State-offset Tuning (h), our CUDA scan
+  ours state-offset-h            ssm_offset MambaForCausalLM + State-offset Tuning (h), our CUDA scan, the loss
+                                 as our Trainer takes it (return_logits=False: the head and cross-entropy in
+                                 slices of rows, no whole fp32 logits)
+  ours ... + torch.compile       the same, its forward (and so backward) under torch.compile (inductor, default
+                                 mode) as `TrainConfig(compile=True)` / `ssm-offset train --compile` runs it;
+                                 the warm-up steps compile, and the first one's seconds are printed
   reference on mamba_ssm         the same model, its scan replaced by mamba_ssm's selective_scan_fn +
-                                 einsum("bdl,bnl,dn->bdl", silu(z), C, h') (the paper's reference approach)
+                                 einsum("bdl,bnl,dn->bdl", silu(z), C, h') (the paper's reference approach),
+                                 the loss over whole logits as the reference code takes it
   transformers full FT           transformers MambaForCausalLM, fast path (mamba_ssm + causal-conv1d kernels)
   transformers + peft LoRA       the same + peft LoRA r=8, alpha 8, dropout 0.1 on x_proj, in_proj, dt_proj
 The script first checks that transformers' fast path is active (a profiled training step must run
 mamba_ssm's selective-scan and causal-conv1d kernels) and stops otherwise. tokens/s over 10 timed steps
 after 3 warm-up steps; peak = torch.cuda.max_memory_allocated over the arm. A torch-profiler table of one
-step of our arm shows where its time goes.
+step of each of our arms shows where its time goes.
 
     python benches/bench_model.py [--out benches/results/model-h100] [--steps 10]
 """
@@ -73,27 +79,30 @@ def _transformers(lora: bool):
     return model.cuda()
 
 
+SLICED_LOSS = dict(return_logits=False)  # what ssm_offset.train.token_loss_sum asks of the model
+# name -> (model builder, extra forward arguments, torch.compile the forward)
 ARMS = {
-    "ours state-offset-h": lambda: _ours(False),
-    "reference on mamba_ssm (scan + einsum offset)": lambda: _ours(True),
-    "transformers full FT": lambda: _transformers(False),
-    "transformers + peft LoRA (x_proj, in_proj, dt_proj)": lambda: _transformers(True),
+    "ours state-offset-h": (lambda: _ours(False), SLICED_LOSS, False),
+    "ours state-offset-h + torch.compile": (lambda: _ours(False), SLICED_LOSS, True),
+    "reference on mamba_ssm (scan + einsum offset)": (lambda: _ours(True), {}, False),
+    "transformers full FT": (lambda: _transformers(False), {}, False),
+    "transformers + peft LoRA (x_proj, in_proj, dt_proj)": (lambda: _transformers(True), {}, False),
 }
 
 
-def _step(model, opt, ids):
+def _step(model, opt, ids, extra=None):
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        out = model(input_ids=ids, labels=ids)
+        out = model(input_ids=ids, labels=ids, **(extra or {}))
     out.loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
 
 
-def _kernel_names(model, opt, ids):
+def _kernel_names(model, opt, ids, extra=None):
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        _step(model, opt, ids)
+        _step(model, opt, ids, extra)
         torch.cuda.synchronize()
     return prof, [e.key for e in prof.key_averages()]
 
@@ -121,28 +130,38 @@ def check_fast_path():
 def run_arm(name, steps, profile_table=False):
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
-    model = ARMS[name]()
+    build, extra, compiled = ARMS[name]
+    model = build()
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
+    # compiled: the forward goes through the compiled wrapper; the optimiser holds the model's own parameters
+    net = torch.compile(model) if compiled else model
     gen = torch.Generator(device="cuda").manual_seed(0)
     ids = [torch.randint(0, VOCAB, (BATCH, LENGTH), device="cuda", generator=gen) for _ in range(2)]
-    for i in range(3):
-        _step(model, opt, ids[i % 2])
-    torch.cuda.synchronize()
+    warm = []
+    for i in range(3):  # a compiled arm compiles here, in the first step: outside the timed steps
+        t0 = time.perf_counter()
+        _step(net, opt, ids[i % 2], extra)
+        torch.cuda.synchronize()
+        warm.append(time.perf_counter() - t0)
+    if compiled:
+        print(f"{name}: torch.compile took {warm[0] - warm[-1]:.1f} s (first warm-up step {warm[0]:.1f} s, "
+              f"last {warm[-1]:.3f} s)", flush=True)
     start = time.perf_counter()
     for i in range(steps):
-        _step(model, opt, ids[i % 2])
+        _step(net, opt, ids[i % 2], extra)
     torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated() / 1e9
     table = None
     if profile_table:
-        prof, _ = _kernel_names(model, opt, ids[0])
+        prof, _ = _kernel_names(net, opt, ids[0], extra)
         table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70)
     row = dict(arm=name, tokens_per_s=BATCH * LENGTH * steps / elapsed, step_ms=1e3 * elapsed / steps,
-               peak_gb=peak, trainable=sum(p.numel() for p in params))
-    del model, opt, params, ids
+               peak_gb=peak, trainable=sum(p.numel() for p in params),
+               compile_s=warm[0] - warm[-1] if compiled else None)
+    del model, net, opt, params, ids
     gc.collect()
     torch.cuda.empty_cache()
     return row, table
@@ -155,10 +174,11 @@ def main(argv=None):
     args = ap.parse_args(argv)
     fast = check_fast_path()
     print("transformers fast path active:", fast, flush=True)
-    rows, table = [], None
+    rows, tables = [], {}
     for name in ARMS:
         row, t = run_arm(name, args.steps, profile_table=name.startswith("ours"))
-        table = table or t
+        if t is not None:
+            tables[name] = t
         rows.append(row)
         print(f"{name:55s} {row['tokens_per_s']:10,.0f} tok/s  {row['step_ms']:7.1f} ms/step  "
               f"peak {row['peak_gb']:5.2f} GB  trainable {row['trainable']:,}", flush=True)
@@ -180,10 +200,16 @@ def main(argv=None):
     for r in rows:
         lines.append(f"| {r['arm']} | {r['tokens_per_s']:,.0f} | {r['vs_peft_lora']:.2f} | {r['step_ms']:.1f} | "
                      f"{r['peak_gb']:.2f} | {r['trainable']:,} |")
-    lines += ["", "Where our arm's step goes (torch profiler, one step, sorted by CUDA time):", "", "```", table or "", "```"]
+    for name, t in tables.items():
+        lines += ["", f"Where the step of `{name}` goes (torch profiler, one step, sorted by CUDA time):", "",
+                  "```", t, "```"]
+    compiled = [r for r in rows if r["compile_s"] is not None]
+    if compiled:
+        lines += ["", "torch.compile time (first warm-up step minus the last, not in the timings): " +
+                  ", ".join(f"{r['arm']} {r['compile_s']:.1f} s" for r in compiled)]
     print("\n".join(lines))
     if args.out:
-        Path(args.out + ".json").write_text(json.dumps(dict(meta=meta, rows=rows, profile=table), indent=1))
+        Path(args.out + ".json").write_text(json.dumps(dict(meta=meta, rows=rows, profiles=tables), indent=1))
         Path(args.out + ".md").write_text("\n".join(lines) + "\n")
 
 

@@ -88,6 +88,8 @@ def test_train_bad_input_is_one_clear_line_and_leaves_no_output(tmp_path, base_d
         (["--method.name", "lora-everything"], "unknown method 'lora-everything'"),
         (["--data.template", '{"prompt": "{question}###", "target": "{text}"}'], 'missing field "question"'),
         (["--data.max_length", "8"], "were dropped as longer than max_length 8"),
+        # --compile reaches [train]: the backend is checked only when compiling
+        (["--compile", "--train.compile_backend", "nope"], "compile_backend: got 'nope'"),
     ]
     for flags, message in cases:
         assert main(["train", str(cfg), *flags]) == 2

@@ -1,6 +1,7 @@
 """`ssm-offset train CONFIG.toml [--section.key VALUE ...]`: one fine-tuning run (see ssm_offset.train.run for
 the config). Every field of the file can be set or overridden by a flag, e.g. `--train.lr 3e-4
---method.name lora-s6 --data.max_length 256`; a key that does not exist is an error naming it."""
+--method.name lora-s6 --data.max_length 256`; a key that does not exist is an error naming it. `--compile` runs
+the training steps under torch.compile (the same as `--train.compile true`)."""
 from __future__ import annotations
 
 import json
@@ -39,7 +40,8 @@ def load_run(path: str, overrides: List[str]):
 def run(args) -> int:
     from ssm_offset.train.run import fine_tune
 
-    config = load_run(args.config, args.overrides)
+    overrides = list(args.overrides) + (["--train.compile", "true"] if args.compile else [])
+    config = load_run(args.config, overrides)
     summary = fine_tune(config)
     print(json.dumps(summary, indent=2))
     return 0
@@ -49,4 +51,7 @@ def register(sub) -> None:
     p = sub.add_parser("train", help="fine-tune a model with one method (TOML config, flags override it)",
                        description=__doc__)
     p.add_argument("config", nargs="?", default="", help="a TOML file with [model] [method] [data] [train] [eval]")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the training steps (= --train.compile true; see --train.compile_backend, "
+                        "--train.compile_mode)")
     p.set_defaults(func=run, accepts_overrides=True)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from .cache import Cache
 from .config import SSMConfig
+from .loss import linear_cross_entropy, shifted_targets
 
 
 def wide(t: torch.Tensor) -> torch.Tensor:
@@ -33,6 +34,10 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == self.weight.dtype and x.dtype in (torch.float32, torch.float64):
+            # the same product, x · rsqrt(mean(x²) + eps) · weight, as one fused kernel forward and one backward
+            # where torch has them (CUDA): the fp32 residual stream's norms otherwise take ~5 passes each way
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
         xf = wide(x)
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * xf.to(x.dtype)
@@ -147,17 +152,20 @@ class Backbone(nn.Module):
 
 
 class CausalLMOutput(dict):
-    """`loss` (when labels were given), `logits` (batch, L, vocab) fp32, `cache` (when one was used).
+    """`loss` (when labels were given), `logits` (batch, L, vocab) fp32 (unless the call asked for the loss
+    alone), `cache` (when one was used).
 
     A dict holding only the present entries, in that order, with attribute access: the shape
     `transformers.Trainer` reads (`outputs["loss"]`).
     """
 
-    def __init__(self, logits: torch.Tensor, loss: Optional[torch.Tensor] = None, cache: Optional[Cache] = None):
+    def __init__(self, logits: Optional[torch.Tensor], loss: Optional[torch.Tensor] = None,
+                 cache: Optional[Cache] = None):
         super().__init__()
         if loss is not None:
             self["loss"] = loss
-        self["logits"] = logits
+        if logits is not None:
+            self["logits"] = logits
         if cache is not None:
             self["cache"] = cache
 
@@ -167,12 +175,14 @@ class CausalLMOutput(dict):
         raise AttributeError(name)
 
 
-def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy: position t predicts labels[t+1]; labels -100 are ignored."""
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Next-token cross-entropy ("mean" or "sum" over targets): position t predicts labels[t+1]; labels -100
+    are ignored."""
     if labels.shape != logits.shape[:2]:
         raise ValueError(f"labels: got shape {tuple(labels.shape)}, expected {tuple(logits.shape[:2])}")
     shifted = logits[:, :-1].reshape(-1, logits.shape[-1])
-    return F.cross_entropy(shifted, labels[:, 1:].reshape(-1).to(logits.device), ignore_index=-100)
+    return F.cross_entropy(shifted, labels[:, 1:].reshape(-1).to(logits.device), ignore_index=-100,
+                           reduction=reduction)
 
 
 def _check_right_padded(mask: torch.Tensor) -> None:
@@ -241,6 +251,8 @@ class CausalLM(nn.Module):
         attention_mask: Optional[torch.Tensor] = None,
         seq_idx: Optional[torch.Tensor] = None,
         logits_to_keep: int = 0,
+        return_logits: bool = True,
+        loss_reduction: str = "mean",
     ) -> CausalLMOutput:
         """input_ids (batch, L) or inputs_embeds (batch, L, hidden); labels (batch, L), -100 ignored.
         `logits_to_keep` > 0 computes the logits of the last that many positions only (transformers' name): a
@@ -251,9 +263,14 @@ class CausalLM(nn.Module):
         `attention_mask` is accepted for right-padded batches only (what `transformers.Trainer` passes).
         `seq_idx` (batch, L), a non-decreasing document index, packs several examples in a row: conv windows and
         SSM states restart at each document (its first label should be -100: nothing before it may predict it).
+        `return_logits=False` with labels returns the loss alone, computed slice by slice from the hidden states
+        (models.loss): what training needs, without the (batch, L, vocab) fp32 logits and their gradient.
+        `loss_reduction`: "mean" over the target tokens, or "sum" (a trainer that normalises over a larger batch).
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        if loss_reduction not in ("sum", "mean"):
+            raise ValueError(f"loss_reduction: got {loss_reduction!r}, expected 'sum' or 'mean'")
         if inputs_embeds is None:
             inputs_embeds = self.backbone.embeddings(input_ids)
         if attention_mask is not None:
@@ -265,11 +282,26 @@ class CausalLM(nn.Module):
             if labels is not None:
                 raise ValueError("logits_to_keep drops positions the loss needs: pass labels or logits_to_keep")
             hidden = hidden[:, -logits_to_keep:]
-        logits = wide(self.lm_head(hidden.to(self.lm_head.weight.dtype)))
         if cache is not None:
             cache.advance(inputs_embeds.shape[1])
-        loss = causal_lm_loss(logits, labels) if labels is not None else None
+        if not return_logits:
+            if labels is None:
+                raise ValueError("return_logits=False returns only the loss: pass labels")
+            return CausalLMOutput(logits=None, loss=self._loss_from_hidden(hidden, labels, loss_reduction), cache=cache)
+        logits = wide(self.lm_head(hidden.to(self.lm_head.weight.dtype)))
+        loss = causal_lm_loss(logits, labels, loss_reduction) if labels is not None else None
         return CausalLMOutput(logits=logits, loss=loss, cache=cache)
+
+    def _loss_from_hidden(self, hidden: torch.Tensor, labels: torch.Tensor, reduction: str) -> torch.Tensor:
+        if labels.shape != hidden.shape[:2]:
+            raise ValueError(f"labels: got shape {tuple(labels.shape)}, expected {tuple(hidden.shape[:2])}")
+        head = self.lm_head
+        if type(head) is not nn.Linear or head.bias is not None or head._forward_hooks or head._forward_pre_hooks:
+            # an adapter wraps or hooks the head: only its own forward computes its logits
+            return causal_lm_loss(wide(head(hidden.to(head.weight.dtype))), labels, reduction)
+        targets = shifted_targets(labels.to(hidden.device))
+        return linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), head.weight, targets.reshape(-1),
+                                    reduction)
 
     def generate(self, prompts, max_new_tokens: int, **kwargs):
         """See `ssm_offset.models.generation.generate`."""

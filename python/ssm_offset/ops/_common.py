@@ -71,12 +71,15 @@ def recompute_grads(reference, grad_outputs, tensors, **static):
     cotangents = tuple(torch.zeros_like(o) if g is None else g.to(o.dtype) for o, g in zip(outs, grad_outputs))
     grads = dict(zip(names, vjp(cotangents)))
     device = next(v.device for v in tensors.values() if v is not None)
-    return [grads[k] if k in grads else torch.empty(0, device=device) for k in tensors]
+    return [grads[k].contiguous() if k in grads else torch.empty(0, device=device) for k in tensors]
 
 
 def fake_grads(tensors):
+    """What a scan backward returns, for torch.compile: contiguous gradients. Every implementation returns
+    contiguous tensors, whatever its inputs' strides: a compiled graph plans its views and reshapes on the
+    fake strides, and a real tensor with other strides fails there ("view size is not compatible")."""
     device = next(v.device for v in tensors if v is not None)
-    return [torch.empty_like(v) if v is not None else torch.empty(0, device=device) for v in tensors]
+    return [v.new_empty(v.shape) if v is not None else torch.empty(0, device=device) for v in tensors]
 
 
 def select_grads(ctx_needs, grads, present):

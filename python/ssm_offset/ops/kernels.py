@@ -143,12 +143,12 @@ def _usable(u: torch.Tensor) -> bool:
 
 def _fwd_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, state_offset, y_offset,
               seq_idx=None):
-    from .selective_scan.naive import selective_scan_naive
+    from .selective_scan.op import selective_scan_fwd_reference
 
     ext = _extension() if _usable(u) else None
     if ext is None:
-        return selective_scan_naive(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-                                    initial_state, state_offset, y_offset, seq_idx)
+        return selective_scan_fwd_reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                            initial_state, state_offset, y_offset, seq_idx)
     dt = u.dtype
     y, final = ext.fwd(
         u.contiguous(), delta.to(dt).contiguous(), _f32(A), _grouped(B, dt, True), _grouped(C, dt, True),

@@ -228,14 +228,12 @@ class PeftModel(nn.Module):
         """The base model's forward with the active adapter. `num_items_in_batch` is what `transformers.Trainer`
         passes to a model that takes **kwargs: the loss then is the token sum over that count (its gradient
         accumulation normalises by the whole accumulated batch)."""
+        if num_items_in_batch is not None and labels is not None:
+            kwargs["loss_reduction"] = "sum"
         out = self._forward(input_ids=input_ids, labels=labels, cache=cache, use_cache=use_cache,
                             inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
         if num_items_in_batch is not None and labels is not None:
-            logits = out["logits"]
-            total = torch.nn.functional.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1).to(logits.device),
-                ignore_index=-100, reduction="sum")
-            out["loss"] = total / num_items_in_batch
+            out["loss"] = out["loss"] / num_items_in_batch
         return out
 
     def _forward(self, input_ids=None, labels=None, cache=None, use_cache: bool = False, inputs_embeds=None,
@@ -258,7 +256,7 @@ class PeftModel(nn.Module):
                 attention_mask = torch.cat([attention_mask.new_ones(batch, n), attention_mask], 1)
             out = self.base_model(inputs_embeds=inputs_embeds, labels=labels, cache=cache, use_cache=use_cache,
                                   attention_mask=attention_mask, **kwargs)
-            if not kwargs.get("logits_to_keep"):  # kept positions are the last ones: none is virtual
+            if "logits" in out and not kwargs.get("logits_to_keep"):  # kept positions are the last: none is virtual
                 out["logits"] = out["logits"][:, n:]
             return out
         # prefix: every layer starts from the state its virtual inputs leave

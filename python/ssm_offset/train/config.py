@@ -46,12 +46,18 @@ class TrainConfig:
     progress: bool = True             # tqdm bar
     tensorboard: bool = True          # when tensorboard is installed
     gradient_checkpointing: bool = False
+    # torch.compile the model's forward (and so its backward); the first steps, and each new batch shape,
+    # pay the compilation (packing or bucketing keeps shapes few); checkpoints hold the plain model's keys
+    compile: bool = False
+    compile_backend: str = "inductor"  # a torch.compile backend: "inductor" | "aot_eager" (no code generation) | ...
+    compile_mode: str = ""            # "" (default) | "reduce-overhead" | "max-autotune" | "max-autotune-no-cudagraphs"
     sdt_warmup_steps: int = 0         # SDT: steps of the dense ΔA_log warm-up before selecting dimensions
     distributed: str = "auto"         # under torchrun: "ddp" | "fsdp" (full fine-tuning); "auto" picks ddp
 
     def __post_init__(self) -> None:
         choices = {"schedule": ("linear", "cosine", "constant"), "precision": ("auto", "fp32", "bf16", "fp16"),
-                   "distributed": ("auto", "ddp", "fsdp")}
+                   "distributed": ("auto", "ddp", "fsdp"),
+                   "compile_mode": ("", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise TrainConfigError(f"{name}: got {getattr(self, name)!r}, expected one of {list(allowed)}")
@@ -70,6 +76,15 @@ class TrainConfig:
                 parse_size(self.max_shard_size, "max_shard_size")
         except ValueError as e:
             raise TrainConfigError(str(e)) from None
+        if self.compile_mode and self.compile_backend != "inductor":
+            raise TrainConfigError(f"compile_mode: {self.compile_mode!r} is an inductor mode; compile_backend is "
+                                   f"{self.compile_backend!r}")
+        if self.compile:
+            import torch._dynamo
+
+            if self.compile_backend not in torch._dynamo.list_backends(exclude_tags=()):
+                raise TrainConfigError(f"compile_backend: got {self.compile_backend!r}, expected one of "
+                                       f"{sorted(torch._dynamo.list_backends(exclude_tags=()))}")
         if self.max_steps == 0 and not self.epochs > 0:
             raise TrainConfigError("set max_steps > 0 or epochs > 0")
 

@@ -25,7 +25,6 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..data.batching import collate as default_collate
 from ..data.batching import epoch_batches, lengths_of, split_batch, target_count
@@ -198,6 +197,10 @@ class Trainer:
         if cfg.gradient_checkpointing:
             enable_gradient_checkpointing(model)
         net = distributed.wrap(model, world, "fsdp" if cfg.distributed == "fsdp" else "ddp", self.device)
+        if cfg.compile:
+            # only the training steps run compiled: evaluation, saving and checkpoints use `model` itself, so
+            # state dicts keep their keys (a compiled wrapper prefixes them with `_orig_mod.`)
+            net = torch.compile(net, backend=cfg.compile_backend, mode=cfg.compile_mode or None)
         if cfg.distributed == "fsdp" and world.active:
             params = [p for p in model.parameters() if p.requires_grad]
         decay = [p for p in params if p.dim() >= 2]
@@ -442,14 +445,12 @@ class Trainer:
 
 
 def token_loss_sum(model, batch: Dict[str, torch.Tensor], device) -> torch.Tensor:
-    """Σ next-token cross-entropy over target positions (labels != -100) of a batch, in fp32."""
-    kwargs = {"input_ids": batch["input_ids"].to(device)}
+    """Σ next-token cross-entropy over target positions (labels != -100) of a batch, in fp32. The model computes
+    it from its hidden states without returning logits (see CausalLM.forward's return_logits)."""
+    kwargs = {"input_ids": batch["input_ids"].to(device), "labels": batch["labels"].to(device)}
     if "seq_idx" in batch:
         kwargs["seq_idx"] = batch["seq_idx"].to(device)
-    logits = model(**kwargs)["logits"]
-    labels = batch["labels"].to(device)
-    return F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
-                           ignore_index=-100, reduction="sum")
+    return model(**kwargs, return_logits=False, loss_reduction="sum")["loss"]
 
 
 class _Logger:

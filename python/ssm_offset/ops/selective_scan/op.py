@@ -17,6 +17,16 @@ from .step import selective_scan_step_reference
 _GRAD_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state", "state_offset", "y_offset")
 
 
+def selective_scan_fwd_reference(
+    u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, state_offset, y_offset, seq_idx=None,
+):
+    """The forward of the reference: the op's default implementation, and the fallback of the CUDA registration."""
+    y, final = selective_scan_naive(
+        u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, state_offset, y_offset, seq_idx
+    )
+    return y.contiguous(), final.contiguous()  # contiguous, as the fake says (see _common.fake_grads)
+
+
 def selective_scan_bwd_reference(
     dy, dfinal_state, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, state_offset, y_offset,
     seq_idx=None,
@@ -34,14 +44,14 @@ def selective_scan_fwd(
     delta_bias: Optional[Tensor], delta_softplus: bool, initial_state: Optional[Tensor],
     state_offset: Optional[Tensor], y_offset: Optional[Tensor], seq_idx: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Tensor]:
-    return selective_scan_naive(
+    return selective_scan_fwd_reference(
         u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, state_offset, y_offset, seq_idx
     )
 
 
 @selective_scan_fwd.register_fake
 def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, state_offset, y_offset, seq_idx=None):
-    return torch.empty_like(u), u.new_empty(u.shape[0], u.shape[1], A.shape[1], dtype=compute_dtype(u))
+    return u.new_empty(u.shape), u.new_empty(u.shape[0], u.shape[1], A.shape[1], dtype=compute_dtype(u))
 
 
 @torch.library.custom_op("ssm_offset::selective_scan_bwd", mutates_args=())

@@ -237,12 +237,12 @@ def ssd_bwd_cuda(dy, dfinal_state, x, dt, A, B, C, D, z, dt_bias, initial_state,
     out = []
     for g, t, name in zip(grads, inputs, names):
         if t is None or g is None:
-            out.append(torch.empty(0, device=x.device) if t is None else torch.zeros_like(t))
+            out.append(torch.empty(0, device=x.device) if t is None else t.new_zeros(t.shape))
             continue
         g = g.reshape(t.shape)
         if name in restart_grads:
             g = g.float() + restart_grads[name].reshape(t.shape)
-        out.append(g.to(t.dtype))
+        out.append(g.to(t.dtype).contiguous())  # contiguous, as the op's fake says (see _common.fake_grads)
     return out
 
 

@@ -18,10 +18,11 @@ _GRAD_NAMES = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_state", "
 
 def _reference(x, dt, A, B, C, D, z, dt_bias, initial_state, state_offset, y_offset, dt_softplus, dt_min, dt_max,
                chunk_size, seq_idx=None):
-    return ssd_chunked(
+    y, final = ssd_chunked(
         x, dt, A, B, C, D, z, dt_bias, dt_softplus, (dt_min, dt_max), initial_state, state_offset, y_offset, chunk_size,
         seq_idx,
     )
+    return y.contiguous(), final.contiguous()  # contiguous, as the fake says (see _common.fake_grads)
 
 
 def ssd_bwd_reference(
@@ -52,7 +53,7 @@ def ssd_fwd(
 def _(x, dt, A, B, C, D, z, dt_bias, initial_state, state_offset, y_offset, dt_softplus, dt_min, dt_max, chunk_size,
       seq_idx=None):
     b, _, h, p = x.shape
-    return torch.empty_like(x), x.new_empty(b, h, p, B.shape[-1], dtype=compute_dtype(x))
+    return x.new_empty(x.shape), x.new_empty(b, h, p, B.shape[-1], dtype=compute_dtype(x))
 
 
 @torch.library.custom_op("ssm_offset::ssd_bwd", mutates_args=())
