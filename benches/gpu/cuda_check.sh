@@ -13,14 +13,14 @@ STAGE=${1:-tests}
 if [ "$STAGE" = tests ]; then
   if [ ! -e /tmp/baselines.started ]; then
     touch /tmp/baselines.started
-    setsid bash -c "BUILD_JOBS=5 PARTS=/tmp/wheelparts bash benches/gpu/build_baselines.sh > /tmp/build-baselines.log 2>&1; echo rc=\$? >> /tmp/build-baselines.log; touch /tmp/baselines.done" < /dev/null > /dev/null 2>&1 &
+    setsid bash -c "BUILD_JOBS=${BUILD_JOBS:-5} PARTS=/tmp/wheelparts bash benches/gpu/build_baselines.sh > /tmp/build-baselines.log 2>&1; echo rc=\$? >> /tmp/build-baselines.log; touch /tmp/baselines.done" < /dev/null > /dev/null 2>&1 &
   fi
   t "building our kernels"; python3 -m ssm_offset.cli build-kernels 2>&1 | tail -2
   t "test_cuda_selective_scan"
   timeout 150 python3 -m pytest -q --tb=short -p no:cacheprovider tests/test_cuda_selective_scan.py -k "not mamba_ssm" 2>&1 \
     | tee $OUT/test_cuda_selective_scan.log | tail -6
   t "test_cuda_ssd, test_ssd_interpret"
-  SSM_OFFSET_SSD_ERROR_LOG=$OUT/ssd-errors.json timeout 220 python3 -m pytest -q --tb=short -p no:cacheprovider \
+  SSM_OFFSET_SSD_ERROR_LOG=$OUT/ssd-errors.json timeout 220 python3 -m pytest -q -rf --tb=line -p no:cacheprovider \
     tests/test_cuda_ssd.py tests/test_ssd_interpret.py 2>&1 | tee $OUT/test_cuda_ssd.log | tail -12
   t "test_cuda_adapters"
   timeout 100 python3 -m pytest -q --tb=short -p no:cacheprovider tests/test_cuda_adapters.py 2>&1 \
