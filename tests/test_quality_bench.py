@@ -3,6 +3,7 @@
 was lost → the report writes the table. Same code as the GPU run (benches/quality/, ssm_offset/cli/grid.py)."""
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -195,3 +196,26 @@ def test_sweep_extends_beyond_an_edge_rate_before_seeds(tmp_path):
     path.write_text(path.read_text().replace("extend_sweep = 1\n", ""))
     plain = Plan(load_grid(str(path)), {"a": "b" * 64}, {"dart": "d"}, records)
     assert plain.chosen[("a", "dart", "state-offset-h")] == 1e-2
+
+
+def test_report_counts_a_later_seed_error_at_an_unchosen_rate_as_superseded(bench, tmp_path):
+    """An error of seed 1 at a rate the sweep did not choose no longer matters (its group finished at the
+    chosen rate); an error of the sweep's own seed still stands."""
+    import shutil
+
+    results = tmp_path / "quality.jsonl"
+    shutil.copy(bench["results"], results)
+    grid = tmp_path / "grid.toml"
+    grid.write_text(bench["grid"].read_text().replace(str(bench["results"]), str(results)))
+    report = _script("report").report
+    chosen = re.search(r"\| state-offset-h .*?@([0-9.e+-]+)", report(str(grid), str(tmp_path / "q.md"))).group(1)
+    other = 1e-1 if abs(float(chosen) - 1e-2) < 1e-9 else 1e-2
+    proto = next(json.loads(l) for l in results.read_text().splitlines()
+                 if '"kind": "cell"' in l and '"state-offset-h"' in l)
+    for lr, seed in ((other, 1), (3e-1, 0)):
+        bad = {**proto, "lr": lr, "seed": seed, "status": "error", "error": f"RuntimeError: boom at seed {seed}"}
+        with open(results, "a") as f:
+            f.write(json.dumps(bad) + "\n")
+    text = report(str(grid), str(tmp_path / "q.md"))
+    assert "1 failed at a rate the finished sweep did not choose" in text
+    assert "1 still stand as errors" in text and "boom at seed 0" in text and "boom at seed 1" not in text

@@ -201,9 +201,18 @@ def report(grid_path: str, out: str, results: Optional[str] = None) -> str:
     done = {record_key(r) for r in kept if r.get("status") == "ok"}
     retried = {record_key(r) for r in records if r.get("kind") == "cell" and r.get("status") == "error"} & done
     standing = [r for r in kept if r.get("status") == "error"]
+
+    def superseded(r):  # a later seed at a rate the finished sweep did not choose: the error no longer matters
+        g = tables.get(r["model"], {}).get((r["task"], r["method"]), {})
+        return (int(r["seed"]) != int(s.seeds[0]) and "values" in g and len(g["values"]) == len(s.seeds)
+                and abs(float(r["lr"]) - g["lr"]) > 1e-12 * g["lr"])
+
+    moot = [r for r in standing if superseded(r)]
+    standing = [r for r in standing if not superseded(r)]
     errors = sorted({(r["model"], r["method"], r.get("error", "").split("\n")[0][:160]) for r in standing})
-    if retried or standing:
+    if retried or standing or moot:
         lines += ["## Errors", "", f"{len(retried)} cell(s) failed once and finished when rerun (`--retry-errors`); "
+                  f"{len(moot)} failed at a rate the finished sweep did not choose (superseded, not rerun); "
                   f"{len(standing)} still stand as errors (not rerun yet, or the method does not apply):", ""]
         lines += [f"- {m} / {meth}: {e}" for m, meth, e in errors] + [""]
     previous = out_path.read_text() if out_path.exists() else ""
