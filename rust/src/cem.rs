@@ -19,7 +19,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::ziggurat_tables::{ZIG_NORM_F, ZIG_NORM_R, ZIG_NORM_X};
+use crate::ziggurat_tables::{ziggurat, Ziggurat, ZIG_NORM_R};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -175,10 +175,10 @@ fn zig_u(b: u32) -> f64 {
 /// fresh `rand_distr` draw if the test rejects.
 #[cold]
 #[inline(never)]
-fn zig_slow(rng: &mut Xoshiro256PlusPlus, b: u32) -> f64 {
+fn zig_slow(rng: &mut Xoshiro256PlusPlus, z: &Ziggurat, b: u32) -> f64 {
     let i = (b & 0xff) as usize;
     let u = zig_u(b);
-    let x = u * ZIG_NORM_X[i];
+    let x = u * z.x[i];
     if i == 0 {
         let (mut tx, mut ty) = (1.0f64, 0.0f64);
         while -2.0 * ty < tx * tx {
@@ -193,9 +193,7 @@ fn zig_slow(rng: &mut Xoshiro256PlusPlus, b: u32) -> f64 {
             ZIG_NORM_R - tx
         };
     }
-    if ZIG_NORM_F[i + 1] + (ZIG_NORM_F[i] - ZIG_NORM_F[i + 1]) * rng.random::<f64>()
-        < (-x * x / 2.0).exp()
-    {
+    if z.f[i + 1] + (z.f[i] - z.f[i + 1]) * rng.random::<f64>() < (-x * x / 2.0).exp() {
         return x;
     }
     StandardNormal.sample(rng)
@@ -203,32 +201,33 @@ fn zig_slow(rng: &mut Xoshiro256PlusPlus, b: u32) -> f64 {
 
 /// One standard normal draw from 32 random bits, or the slow path.
 #[inline(always)]
-fn zig_one(rng: &mut Xoshiro256PlusPlus, b: u32) -> f64 {
+fn zig_one(rng: &mut Xoshiro256PlusPlus, z: &Ziggurat, b: u32) -> f64 {
     let i = (b & 0xff) as usize;
-    let x = zig_u(b) * ZIG_NORM_X[i];
-    if x.abs() < ZIG_NORM_X[i + 1] {
+    let x = zig_u(b) * z.x[i];
+    if x.abs() < z.x[i + 1] {
         x
     } else {
-        zig_slow(rng, b)
+        zig_slow(rng, z, b)
     }
 }
 
-/// Fills `out` with standard normal draws: the ZIGNOR ziggurat (Doornik 2005) on `rand_distr`'s
-/// 256-layer tables, fed 32 bits per draw (8 choose the layer, 24 the position in it, so values
+/// Fills `out` with standard normal draws: the ZIGNOR ziggurat (Doornik 2005) on 256 layers
+/// ([`ziggurat`]), fed 32 bits per draw (8 choose the layer, 24 the position in it, so values
 /// within a layer are spaced 2^-23 of its width apart: float32-like resolution), which makes one
 /// 64-bit output of the generator two draws. This halves the generator's share of the cost, which
 /// is most of an iteration's. The slow path keeps full precision.
 pub fn fill_standard_normal(rng: &mut Xoshiro256PlusPlus, out: &mut [f64]) {
+    let z = ziggurat();
     let mut pairs = out.chunks_exact_mut(2);
     for p in &mut pairs {
         let b = rng.next_u64();
         let (lo, hi) = (b as u32, (b >> 32) as u32);
-        p[0] = zig_one(rng, lo);
-        p[1] = zig_one(rng, hi);
+        p[0] = zig_one(rng, z, lo);
+        p[1] = zig_one(rng, z, hi);
     }
     for o in pairs.into_remainder() {
         let b = rng.next_u64() as u32;
-        *o = zig_one(rng, b);
+        *o = zig_one(rng, z, b);
     }
 }
 
