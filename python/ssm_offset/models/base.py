@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from .cache import Cache
 from .config import SSMConfig
-from .loss import linear_cross_entropy, shifted_targets
+from .loss import IGNORE_INDEX, linear_cross_entropy, shifted_targets
 
 
 def wide(t: torch.Tensor) -> torch.Tensor:
@@ -181,7 +181,7 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = 
     if labels.shape != logits.shape[:2]:
         raise ValueError(f"labels: got shape {tuple(labels.shape)}, expected {tuple(logits.shape[:2])}")
     shifted = logits[:, :-1].reshape(-1, logits.shape[-1])
-    return F.cross_entropy(shifted, labels[:, 1:].reshape(-1).to(logits.device), ignore_index=-100,
+    return F.cross_entropy(shifted, labels[:, 1:].reshape(-1).to(logits.device), ignore_index=IGNORE_INDEX,
                            reduction=reduction)
 
 
