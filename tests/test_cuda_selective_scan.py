@@ -282,6 +282,39 @@ def test_step_matches_reference_and_scan(dtype, nstate, groups, per_row):
     _close("final state", state, final, torch.float32, seed)
 
 
+@pytest.mark.parametrize("mixed", [False, True], ids=["mixer", "mixed"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("length", [7, 1000])
+def test_time_major_views_match_contiguous_inputs(length, dtype, mixed):
+    """delta, z, B, C and dy as transposed views of (batch, L, ·) projection outputs, as the Mamba-1 mixer hands
+    them over: the kernels read and write them in place (no layout copies) and give what contiguous inputs give.
+    mixed: z and C contiguous, dy time-major, the rest as the mixer has them (the op lays them out first)."""
+    case = dict(length=length, nstate=16, groups=1, dtype=dtype, z=True, D=True, delta_bias=True, softplus=True,
+                initial_state="shared", state_offset="row", y_offset="shared")
+    t = _inputs(case, batch=2, dim=64, seed=77)
+    views = dict(t)
+    views["delta"] = t["delta"].transpose(1, 2).contiguous().transpose(1, 2)
+    xz = torch.cat([t["u"], t["z"]], 1).transpose(1, 2).contiguous()
+    views["z"] = xz.transpose(1, 2)[:, 64:]
+    bc = torch.cat([t["B"], t["C"]], 1).transpose(1, 2).contiguous()
+    views["B"], views["C"] = bc.transpose(1, 2).split([16, 16], 1)
+    if mixed:
+        views["z"], views["C"] = t["z"], t["C"]
+    dy = torch.randn_like(t["u"]).transpose(1, 2).contiguous().transpose(1, 2)
+    runs = []
+    for inputs in (t, views):
+        leaves = {k: v.detach().clone().requires_grad_(v.is_floating_point()) if v is not None else None
+                  for k, v in inputs.items()}
+        y = selective_scan(**leaves, delta_softplus=True)
+        grads = torch.autograd.grad(y, [v for v in leaves.values() if v is not None], dy)
+        runs.append((y, grads))
+    assert runs[1][0].transpose(1, 2).is_contiguous(), runs[1][0].stride()
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(runs[1][0], runs[0][0], rtol=0, atol=0)
+    for a, b in zip(runs[1][1], runs[0][1]):
+        torch.testing.assert_close(a, b, **tol)
+
+
 def test_torch_compile_fullgraph_on_cuda():
     case = dict(length=300, nstate=16, groups=1, dtype=torch.float32, z=True, D=True, delta_bias=True,
                 softplus=True, initial_state="shared", state_offset="shared", y_offset="shared")

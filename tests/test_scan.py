@@ -209,6 +209,49 @@ def test_ops_compile_fullgraph_forward_and_backward():
     assert grads[0][1][list(x).index("state_offset")].abs().sum() > 0
 
 
+def _time_major_inputs(b, d, l, n, gen):
+    """delta and z as the Mamba-1 mixer hands them over: transposed views of projection outputs."""
+    x = s6_inputs(b, d, l, n, None, gen, dtype=torch.float32)
+    x["delta"] = x["delta"].transpose(1, 2).contiguous().transpose(1, 2)
+    xz = torch.cat([x["u"], x["z"]], 1).transpose(1, 2).contiguous()  # (b, l, 2d), as in_proj writes it
+    x["z"] = xz.transpose(1, 2)[:, d:]
+    bc = torch.cat([x["B"], x["C"]], 1).transpose(1, 2).contiguous()  # (b, l, 2n), as x_proj writes it
+    x["B"], x["C"] = bc.transpose(1, 2).split([n, n], 1)
+    return x
+
+
+def test_scan_outputs_follow_time_major_inputs():
+    x = _time_major_inputs(2, 6, 9, 3, torch.Generator().manual_seed(10))
+    contiguous = {k: v.contiguous() for k, v in x.items()}
+    y = selective_scan(**x, delta_softplus=True)
+    assert y.stride(1) == 1 and y.transpose(1, 2).is_contiguous(), y.stride()  # like delta: out_proj reads it as is
+    torch.testing.assert_close(y, selective_scan(**contiguous, delta_softplus=True))
+    assert selective_scan(**contiguous, delta_softplus=True).is_contiguous()
+    dy = torch.randn(y.shape).transpose(1, 2).contiguous().transpose(1, 2)
+    args = [x[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
+    grads = torch.ops.ssm_offset.selective_scan_bwd(dy, None, *args, True, None, None, None)
+    du, ddelta, dz = grads[0], grads[1], grads[6]
+    assert du.is_contiguous() and ddelta.transpose(1, 2).is_contiguous() and dz.transpose(1, 2).is_contiguous()
+
+
+def test_compiled_scan_on_time_major_views_matches_eager():
+    x = _time_major_inputs(2, 6, 9, 3, torch.Generator().manual_seed(11))
+
+    def loss(x):
+        return selective_scan(**x, delta_softplus=True).square().mean()
+
+    compiled = torch.compile(loss, fullgraph=True)
+    runs = []
+    for fn in (loss, compiled):
+        leaves = {k: v.detach().clone().requires_grad_() for k, v in x.items()}
+        out = fn({k: v for k, v in leaves.items()})
+        out.backward()
+        runs.append((out.detach(), {k: v.grad for k, v in leaves.items()}))
+    torch.testing.assert_close(runs[1][0], runs[0][0])
+    for k in x:
+        torch.testing.assert_close(runs[1][1][k], runs[0][1][k], msg=k)
+
+
 def test_bf16_inputs_accumulate_in_fp32():
     x = s6_inputs(1, 4, 16, 4, None, torch.Generator().manual_seed(9), dtype=torch.float32)
     y32, f32 = selective_scan(**x, delta_softplus=True, return_final_state=True)

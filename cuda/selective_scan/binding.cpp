@@ -1,7 +1,9 @@
 // Torch binding of the selective-scan kernels. The ops themselves are defined once in Python
 // (ssm_offset/ops/selective_scan/op.py); ssm_offset/ops/kernels.py registers these functions as
-// their CUDA implementations after normalising the inputs: u, delta, z, B, C contiguous in one
-// dtype (B, C as (batch, groups, N, L)); A, D, delta_bias and the adapter tensors fp32 contiguous.
+// their CUDA implementations after normalising the inputs: u, delta, z, B, C in one dtype (B, C as
+// (batch, groups, N, L)), u channel-major, the others all channel-major or all time-major (selective_scan.h);
+// A, D, delta_bias and the adapter tensors fp32 contiguous. The scan's (batch, D, L) outputs come allocated
+// from Python.
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -39,25 +41,48 @@ int dtype_code(const Tensor &u) {
   return -1;
 }
 
-void check_like(const Tensor &t, const Tensor &u, const char *name) {
-  TORCH_CHECK(t.is_cuda() && t.scalar_type() == u.scalar_type() && t.is_contiguous(), name,
-              ": expected a contiguous CUDA tensor of dtype ", u.scalar_type());
+void check_like(const Tensor &t, const Tensor &u, const char *name, bool contiguous) {
+  TORCH_CHECK(t.is_cuda() && t.scalar_type() == u.scalar_type() && t.sizes() == u.sizes() &&
+                  (!contiguous || t.is_contiguous()),
+              name, ": expected a ", contiguous ? "contiguous " : "", "CUDA tensor of dtype ", u.scalar_type(),
+              " and shape ", u.sizes(), ", got ", t.scalar_type(), " ", t.sizes());
+}
+
+// The leading stride of a (batch, D, L) tensor, or of B, C (batch, G, N, L), laid out as the kernels read it:
+// time-major (rows adjacent: element (r, t) at t * ld + r) or channel-major (r * ld + t); the Python side lays the
+// tensors out so (ssm_offset/ops/kernels.py). One batch row must be reachable with 32-bit offsets.
+int lead(const Tensor &t, bool time_major, const char *name) {
+  const int rd = t.dim() - 2, td = t.dim() - 1;  // row and time dims
+  const int inner = time_major ? rd : td, outer = time_major ? td : rd;
+  TORCH_CHECK(t.size(inner) == 1 || t.stride(inner) == 1, name, ": expected ",
+              time_major ? "time-major (stride 1 over its rows, as a transposed (batch, L, ·) view)" : "stride 1 over L",
+              ", got strides ", t.strides());
+  long long far = 0;
+  for (int i = 1; i < t.dim(); ++i) far += (t.size(i) - 1) * std::abs(t.stride(i));
+  TORCH_CHECK(far < (1LL << 31), name, ": one batch row spans ", far + 1, " elements with strides ", t.strides(),
+              "; the scan kernels address at most 2^31 per row");
+  return t.size(outer) == 1 ? 0 : static_cast<int>(t.stride(outer));
+}
+
+ssm_offset::Strides strides(const Tensor &t, bool time_major, const char *name) {
+  return {t.stride(0), lead(t, time_major, name)};
 }
 
 Opt zeros_like_opt(const Opt &t) {
   return has(t) ? Opt(at::zeros(t->sizes(), t->options().dtype(at::kFloat))) : Opt();
 }
 
-// The inputs the scan and the decode step share: u, delta, z, B, C in u's dtype (contiguous CUDA), A, D,
-// delta_bias and the offsets fp32. The caller has checked u's and B's ranks (they differ: the step has no L).
+// The inputs the scan and the decode step share: u, delta, z, B, C in u's dtype (CUDA; contiguous for the step),
+// A, D, delta_bias and the offsets fp32. The caller has checked u's and B's ranks (they differ: the step has no L).
 template <typename Params>
 void fill_inputs(Params &p, const Tensor &u, const Tensor &delta, const Tensor &A, const Tensor &B,
                  const Tensor &C, const Opt &D, const Opt &z, const Opt &delta_bias, bool softplus,
-                 const Opt &hoff, const Opt &yoff) {
-  check_like(delta, u, "delta");
-  check_like(B, u, "B");
-  check_like(C, u, "C");
-  if (has(z)) check_like(*z, u, "z");
+                 const Opt &hoff, const Opt &yoff, bool contiguous) {
+  check_like(delta, u, "delta", contiguous);
+  check_like(C, B, "C", contiguous);
+  TORCH_CHECK(B.is_cuda() && B.scalar_type() == u.scalar_type() && (!contiguous || B.is_contiguous()),
+              "B: expected a CUDA tensor of dtype ", u.scalar_type());
+  if (has(z)) check_like(*z, u, "z", contiguous);
   p.batch = u.size(0);
   p.dim = u.size(1);
   p.groups = B.size(1);
@@ -81,11 +106,18 @@ ssm_offset::ScanParams common(const Tensor &u, const Tensor &delta, const Tensor
                               const Tensor &C, const Opt &D, const Opt &z, const Opt &delta_bias,
                               bool softplus, const Opt &h0, const Opt &hoff, const Opt &yoff,
                               const Opt &seq_idx) {
-  TORCH_CHECK(u.is_cuda() && u.dim() == 3 && u.is_contiguous(), "u: expected a contiguous CUDA (batch, D, L) tensor");
+  TORCH_CHECK(u.is_cuda() && u.dim() == 3, "u: expected a CUDA (batch, D, L) tensor, got ", u.sizes());
   TORCH_CHECK(B.dim() == 4 && C.sizes() == B.sizes(), "B, C: expected (batch, groups, N, L)");
   ssm_offset::ScanParams p{};
-  fill_inputs(p, u, delta, A, B, C, D, z, delta_bias, softplus, hoff, yoff);
+  fill_inputs(p, u, delta, A, B, C, D, z, delta_bias, softplus, hoff, yoff, false);
   p.len = u.size(2);
+  // the projected tensors' layout follows delta's: time-major when delta is a transposed (batch, L, D) view
+  p.time_major = delta.size(1) > 1 && delta.size(2) > 1 && delta.stride(1) == 1;
+  p.su = strides(u, false, "u");
+  p.sdelta = strides(delta, p.time_major, "delta");
+  if (has(z)) p.sz = strides(*z, p.time_major, "z");
+  p.sB = {B.stride(0), B.stride(1), lead(B, p.time_major, "B")};
+  p.sC = {C.stride(0), C.stride(1), lead(C, p.time_major, "C")};
   TORCH_CHECK(p.nstate >= 1 && p.nstate <= 256, "A: d_state must be in 1..256, got ", p.nstate);
   TORCH_CHECK(p.dim % p.groups == 0, "B: groups must divide D");
   p.h0 = cptr(h0, "initial_state");
@@ -100,13 +132,15 @@ ssm_offset::ScanParams common(const Tensor &u, const Tensor &delta, const Tensor
   return p;
 }
 
+// y: the output, shaped like u, laid out like delta (the caller allocates it)
 std::tuple<Tensor, Tensor> fwd(const Tensor &u, const Tensor &delta, const Tensor &A, const Tensor &B,
                                const Tensor &C, const Opt &D, const Opt &z, const Opt &delta_bias,
                                bool softplus, const Opt &h0, const Opt &hoff, const Opt &yoff,
-                               const Opt &seq_idx) {
+                               const Opt &seq_idx, const Tensor &y) {
   const c10::cuda::CUDAGuard guard(u.device());
   auto p = common(u, delta, A, B, C, D, z, delta_bias, softplus, h0, hoff, yoff, seq_idx);
-  Tensor y = at::empty_like(u);
+  check_like(y, u, "y", false);
+  p.sy = strides(y, p.time_major, "y");
   Tensor final_state = at::empty({p.batch, p.dim, p.nstate}, u.options().dtype(at::kFloat));
   p.y = y.data_ptr();
   p.final_state = final_state.data_ptr<float>();
@@ -122,16 +156,24 @@ std::tuple<Tensor, Tensor> fwd(const Tensor &u, const Tensor &delta, const Tenso
 }
 
 // Gradients in the op's order (u, delta, A, B, C, D, z, delta_bias, initial_state, state_offset,
-// y_offset); undefined for absent inputs. A, B, C, D, delta_bias and the adapters come back fp32.
+// y_offset); undefined for absent inputs. A, B, C, D, delta_bias and the adapters come back fp32; du, ddelta
+// and dz are written into the tensors given (du channel-major, ddelta and dz laid out like delta).
 std::vector<Tensor> bwd(const Tensor &dout, const Opt &dfinal, const Tensor &u, const Tensor &delta,
                         const Tensor &A, const Tensor &B, const Tensor &C, const Opt &D, const Opt &z,
                         const Opt &delta_bias, bool softplus, const Opt &h0, const Opt &hoff,
-                        const Opt &yoff, const Opt &seq_idx) {
+                        const Opt &yoff, const Opt &seq_idx, const Tensor &du, const Tensor &ddelta,
+                        const Opt &dz) {
   const c10::cuda::CUDAGuard guard(u.device());
   auto p = common(u, delta, A, B, C, D, z, delta_bias, softplus, h0, hoff, yoff, seq_idx);
-  check_like(dout, u, "dy");
-  Tensor du = at::empty_like(u), ddelta = at::empty_like(u);
-  Opt dz = has(z) ? Opt(at::empty_like(u)) : Opt();
+  check_like(dout, u, "dy", false);
+  check_like(du, u, "du", false);
+  check_like(ddelta, u, "ddelta", false);
+  TORCH_CHECK(has(dz) == has(z), "dz: expected exactly when z is given");
+  if (has(dz)) check_like(*dz, u, "dz", false);
+  p.sdout = strides(dout, p.time_major, "dy");
+  p.sdu = strides(du, false, "du");
+  p.sddelta = strides(ddelta, p.time_major, "ddelta");
+  if (has(dz)) p.sdz = strides(*dz, p.time_major, "dz");
   auto f32 = u.options().dtype(at::kFloat);
   Tensor dA = at::zeros(A.sizes(), f32);
   Tensor dB = at::zeros(B.sizes(), f32), dC = at::zeros(C.sizes(), f32);
@@ -181,7 +223,7 @@ std::tuple<Tensor, Tensor> step(const Tensor &state, const Tensor &u, const Tens
   TORCH_CHECK(state.scalar_type() == at::kFloat && state.is_contiguous() && state.dim() == 3,
               "state: expected contiguous float32 (batch, D, N)");
   ssm_offset::StepParams p{};
-  fill_inputs(p, u, delta, A, B, C, D, z, delta_bias, softplus, hoff, yoff);
+  fill_inputs(p, u, delta, A, B, C, D, z, delta_bias, softplus, hoff, yoff, true);
   p.state = state.data_ptr<float>();
   Tensor y = at::empty_like(u);
   Tensor new_state = at::empty_like(state);

@@ -6,11 +6,30 @@
 
 namespace ssm_offset {
 
+// A (batch, D, L) tensor's batch stride and leading stride. u and du are channel-major (t contiguous: element (r, t)
+// of a batch row at r * ld + t); the others (delta, z, dout, y, ddelta, dz, and B, C over (N, L)) are all
+// channel-major, or all time-major (`time_major`: element (r, t) at t * ld + r): transposed views of projection
+// outputs (batch, L, ·), which the Mamba-1 mixer hands over, read and written in place without layout copies.
+// In-row offsets are 32-bit (the binding checks they fit).
+struct Strides {
+  long long b;
+  int ld;
+};
+
+// B, C (batch, groups, N, L): batch and group strides, and the leading stride over (N, L) as above
+struct BCStrides {
+  long long b, g;
+  int ld;
+};
+
 struct ScanParams {
   int batch, dim, len, nstate, groups;
   bool softplus;
   // inputs: u, delta, z in one dtype (the template's T); B, C (batch, groups, nstate, len) in T too
   const void *u, *delta, *z, *B, *C;
+  bool time_major;
+  Strides su, sdelta, sz, sdout, sy, sdu, sddelta, sdz;
+  BCStrides sB, sC;
   // fp32: A (dim, nstate); D, delta_bias (dim); initial state / state offset (dim, nstate) or per row;
   // y offset (dim) or per row. A null pointer means the input is absent.
   const float *A, *D, *delta_bias, *h0, *hoff, *yoff;
@@ -19,12 +38,12 @@ struct ScanParams {
   // from the initial state (zero without one), so packed documents scan as if each were alone
   const int *seq_idx;
   // forward outputs
-  void *y;             // (batch, dim, len), T
+  void *y;             // (batch, dim, len), T, strides sy
   float *final_state;  // (batch, dim, nstate)
   // backward
-  const void *dout;       // (batch, dim, len), T
+  const void *dout;       // (batch, dim, len), T, strides sdout
   const float *dfinal;    // (batch, dim, nstate) or null
-  void *du, *ddelta, *dz; // T
+  void *du, *ddelta, *dz; // T, strides sdu, sddelta, sdz
   // fp32 accumulators, zeroed by the caller (atomically accumulated): dA (dim, nstate), dB/dC like B,
   // dD/dbias (dim), dh0/dhoff/dyoff shaped like their inputs
   float *dA, *dB, *dC, *dD, *dbias, *dh0, *dhoff, *dyoff;

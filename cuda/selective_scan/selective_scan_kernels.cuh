@@ -8,7 +8,8 @@
 // recurrence runs sequentially in time per thread with no scan primitive at all: batch x channels x
 // states gives far more independent recurrences than the GPU has threads. Time is cut into chunks;
 // per chunk the block stages u, Δ (softplus applied once per (channel, t)) and B, C (shared by the
-// block's channels) in shared memory, runs the recurrence, and writes y with coalesced stores.
+// block's channels) in shared memory, runs the recurrence, and writes y with coalesced stores. The
+// next chunk's loads are issued into registers before the current chunk's recurrence runs (Staged).
 // The offset h' is added in registers where C_t reads the state, so it costs one add per state.
 //
 // Backward: the op saves only its inputs, so the kernel first replays the recurrence to store the
@@ -16,7 +17,8 @@
 // its checkpoint keeping h_{t-1} in registers, then the reverse recurrence
 //   g_t = ā_{t+1} g_{t+1} + dy_t C_t        (g_L includes dfinal_state; dh_0 = ā_1 g_1)
 // with dA, dh' accumulated per thread, dΔ and du reduced over states with lane shuffles, and dB, dC
-// reduced over the block's channels in shared memory before one atomic add per (n, t) per block.
+// reduced over each warp's channels with shuffles, then over the block's warps in shared memory, before
+// one atomic add per (n, t) per block.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -46,16 +48,33 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float
 __device__ __forceinline__ float softplus(float x) { return x <= 20.f ? log1pf(__expf(x)) : x; }
 __device__ __forceinline__ float sigmoid(float x) { return 1.f / (1.f + __expf(-x)); }
 
+// Chunk lengths and the backward's register budget, measured on an H100 (benches/results/kernels-h100-staging.md):
+// forward chunks of 16 at 32 channels per block and backward chunks of 8 keep the staged next chunk in registers
+// without spills at 8 (forward) and 4 (backward) blocks per multiprocessor. The macros exist to measure
+// alternatives (SSM_OFFSET_NVCC_FLAGS=-DSSM_OFFSET_TB=16 ..., benches/gpu/scan_layout.py).
+#ifndef SSM_OFFSET_TF32
+#define SSM_OFFSET_TF32 16
+#endif
+#ifndef SSM_OFFSET_TB
+#define SSM_OFFSET_TB 8
+#endif
+#ifndef SSM_OFFSET_BWD_BLOCKS
+#define SSM_OFFSET_BWD_BLOCKS 4
+#endif
+#ifndef SSM_OFFSET_FWD_UNROLL
+#define SSM_OFFSET_FWD_UNROLL 16
+#endif
+constexpr int kFwdUnroll = SSM_OFFSET_FWD_UNROLL;  // a pragma's argument is not macro-expanded
 template <int NPT, int LPC>
 struct Cfg {
   static constexpr int kNpt = NPT, kLpc = LPC, kCpb = kThreads / LPC, kNpad = NPT * LPC;
   static constexpr int kBs = kNpad + 4;  // B/C rows in shared memory, padded against bank conflicts
-  static constexpr int kTf = kCpb >= 128 ? 16 : kCpb >= 64 ? 32 : kNpad >= 256 ? 16 : kNpad >= 128 ? 32 : kCpb >= 32 ? 32 : 64;
-  static constexpr int kTb = (NPT >= 8 || kCpb >= 64) ? 8 : 16;
+  static constexpr int kTf = kCpb >= 128 ? 16 : kCpb >= 64 ? 32 : kNpad >= 256 ? 16 : kNpad >= 128 ? 32 : kCpb >= 32 ? SSM_OFFSET_TF32 : 64;
+  static constexpr int kTb = (NPT >= 8 || kCpb >= 64) ? 8 : SSM_OFFSET_TB;
   // blocks per SM the register allocation must allow: the whole grid of the common shapes then fits
   // in one wave (e.g. 1024 blocks at B=8, D=4096 on 132 SMs)
   static constexpr int kFwdMinBlocks = (NPT <= 4 && kNpad <= 64) ? 8 : 4;
-  static constexpr int kBwdMinBlocks = NPT <= 4 ? 4 : 2;
+  static constexpr int kBwdMinBlocks = NPT <= 4 ? SSM_OFFSET_BWD_BLOCKS : 2;
 };
 
 struct BlockPos {
@@ -110,11 +129,16 @@ __device__ __forceinline__ void store_vec(float *s, const float *v) {
   }
 }
 
-// A document starts: the state it continues from is the initial state again (h_{t-1} := h_0).
+// This lane's NPT states from a (D, N) row (the initial state at the scan's start, and again where a document
+// starts: h_{t-1} := h_0), or zeros without one. Read from global memory at each restart rather than kept in
+// registers: restarts are rare, registers are what the backward runs short of.
 template <int NPT>
-__device__ __forceinline__ void restart(float *h, const float *hs) {
+__device__ __forceinline__ void load_state(float *h, const float *row, int lane, int N) {
 #pragma unroll
-  for (int k = 0; k < NPT; ++k) h[k] = hs[k];
+  for (int k = 0; k < NPT; ++k) {
+    const int n = lane * NPT + k;
+    h[k] = (row && n < N) ? row[n] : 0.f;
+  }
 }
 
 __host__ __device__ constexpr int sums_per_lane(int m, int lpc) { return m * lpc >= 32 ? m * lpc / 32 : 1; }
@@ -149,95 +173,187 @@ __device__ __forceinline__ int channel_reduce_scatter(float *v, int &first) {
   return writer ? sums_per_lane(M, LPC) : 0;
 }
 
-// u and Δ of the block's channels for times [t0, t0 + tl), zero outside; dsp = dΔ/d(δ + bias);
-// s_rst[t]: a document starts at t0 + t (never at 0: the initial state is already there).
-template <typename T, int CPB, int TT>
-__device__ __forceinline__ void load_u_dt(const ScanParams &p, const BlockPos &bp, int t0, int tl,
-                                          float (*s_u)[TT + 1], float (*s_dt)[TT + 1],
-                                          float (*s_dsp)[TT + 1], int *s_rst) {
-  if (p.seq_idx) {
-    const int *seq = p.seq_idx + (long long)bp.b * p.len + t0;
-    for (int t = threadIdx.x; t < TT; t += kThreads)
-      s_rst[t] = (t < tl && t0 + t > 0) ? (seq[t] != seq[t - 1]) : 0;
+// Per-channel constants of a block, zero where absent: delta_bias, D, and the y offset of this batch row.
+template <int CPB>
+struct Chan {
+  float bias[CPB], D[CPB], yoff[CPB];
+
+  __device__ __forceinline__ void load(const ScanParams &p, const BlockPos &bp) {
+    for (int r = threadIdx.x; r < CPB; r += kThreads) {
+      const int dr = bp.d0 + r;
+      const bool ok = r < bp.nrows;
+      bias[r] = ok && p.delta_bias ? p.delta_bias[dr] : 0.f;
+      D[r] = ok && p.D ? p.D[dr] : 0.f;
+      yoff[r] = ok && p.yoff ? p.yoff[bp.b * p.yoff_bstride + dr] : 0.f;
+    }
   }
-  const long long row0 = ((long long)bp.b * p.dim + bp.d0) * p.len + t0;
-  const T *u = static_cast<const T *>(p.u) + row0;
-  const T *dl = static_cast<const T *>(p.delta) + row0;
-  for (int i = threadIdx.x; i < CPB * TT; i += kThreads) {
-    const int r = i / TT, t = i % TT;
-    float uu = 0.f, dt = 0.f, dsp = 0.f;
-    if (r < bp.nrows && t < tl) {
-      const long long off = (long long)r * p.len + t;
-      uu = to_f(u[off]);
-      float x = to_f(dl[off]);
-      if (p.delta_bias) x += p.delta_bias[bp.d0 + r];
-      if (p.softplus) {
-        dt = softplus(x);
-        dsp = x <= 20.f ? sigmoid(x) : 1.f;
-      } else {
-        dt = x;
-        dsp = 1.f;
+};
+
+// One chunk [t0, t0 + tl) of a block's inputs in shared memory, fp32, zero outside the chunk and the block's
+// channels: u, Δ = softplus(δ + bias) per (channel, t), B and C transposed to [t][n]; for the backward also
+// z, dΔ/d(δ + bias) and dout; rst[t]: a document starts at t0 + t (never at 0: the initial state is already there).
+template <int CPB, int TT, int BS, bool WITH_C, bool GRAD>
+struct Tile {
+  float u[CPB][TT + 1], dt[CPB][TT + 1];
+  float z[GRAD ? CPB : 1][TT + 1], dsp[GRAD ? CPB : 1][TT + 1], go[GRAD ? CPB : 1][TT + 1];
+  __align__(16) float B[TT][BS];
+  __align__(16) float C[WITH_C ? TT : 1][BS];
+  int rst[TT];
+};
+
+// Where element i of a ROWS x TT tile of a (batch, D, L) tensor sits: t fastest where the tensor is channel-major,
+// the row fastest where it is time-major (TM), so that consecutive lanes touch consecutive addresses either way.
+template <int ROWS, int TT, bool TM>
+struct TilePos {
+  int r, t;
+  __device__ __forceinline__ explicit TilePos(int i) : r(TM ? i % ROWS : i / TT), t(TM ? i / ROWS : i % TT) {}
+};
+
+// The block's first channel of its batch row; element (r, t) from there is at row_off<TM>(s, r, t).
+template <bool TM, typename T, typename V>
+__device__ __forceinline__ T *row_ptr(V *base, const Strides &s, const BlockPos &bp) {
+  return static_cast<T *>(base) + bp.b * s.b + (TM ? (long long)bp.d0 : (long long)bp.d0 * s.ld);
+}
+
+template <bool TM>
+__device__ __forceinline__ int row_off(const Strides &s, int r, int t) { return TM ? t * s.ld + r : r * s.ld + t; }
+
+// The same chunk in registers, as loaded from global memory: each thread holds elements i = threadIdx.x +
+// j * kThreads of each tensor's (channel, t) tile and of the (state, t) tiles, at TilePos(i), so loads coalesce.
+// The kernels load chunk k + 1 (the backward: k - 1) right after committing chunk k to shared memory: the loads'
+// latency then hides behind chunk k's recurrence. Loading and then waiting, half of the backward's warp time was
+// stalled on them (ncu: benches/results/kernels-h100-staging.md).
+template <typename T, int CPB, int TT, int NPAD, bool WITH_C, bool GRAD, bool TM>
+struct Staged {
+  static constexpr int kRow = (CPB * TT + kThreads - 1) / kThreads;
+  static constexpr int kSt = (NPAD * TT + kThreads - 1) / kThreads;
+  T u[kRow], dl[kRow], z[GRAD ? kRow : 1], go[GRAD ? kRow : 1];
+  T B[kSt], C[WITH_C ? kSt : 1];
+  int seq, seq_prev;
+
+  // one element of a (channel, t) tensor from its block row, zero outside the block's channels and the chunk
+  template <bool TMT>
+  __device__ __forceinline__ static T row_at(const T *row, const Strides &s, const BlockPos &bp, int i, int t0,
+                                             int tl) {
+    const TilePos<CPB, TT, TMT> q(i);
+    const bool ok = i < CPB * TT && q.r < bp.nrows && q.t < tl;
+    return ok ? row[row_off<TMT>(s, q.r, t0 + q.t)] : from_f<T>(0.f);
+  }
+
+  __device__ __forceinline__ static T state_at(const T *bg, const BCStrides &s, int nstate, int i, int t0, int tl) {
+    const TilePos<NPAD, TT, TM> q(i);
+    const bool ok = i < NPAD * TT && q.r < nstate && q.t < tl;
+    return ok ? bg[TM ? (t0 + q.t) * s.ld + q.r : q.r * s.ld + t0 + q.t] : from_f<T>(0.f);
+  }
+
+  __device__ __forceinline__ void fetch(const ScanParams &p, const BlockPos &bp, int t0, int tl) {
+    const T *ru = row_ptr<false, const T>(p.u, p.su, bp), *rd = row_ptr<TM, const T>(p.delta, p.sdelta, bp);
+#pragma unroll
+    for (int j = 0; j < kRow; ++j) {
+      const int i = threadIdx.x + j * kThreads;
+      u[j] = row_at<false>(ru, p.su, bp, i, t0, tl);
+      dl[j] = row_at<TM>(rd, p.sdelta, bp, i, t0, tl);
+      if constexpr (GRAD) {
+        z[j] = p.z ? row_at<TM>(row_ptr<TM, const T>(p.z, p.sz, bp), p.sz, bp, i, t0, tl) : from_f<T>(0.f);
+        go[j] = row_at<TM>(row_ptr<TM, const T>(p.dout, p.sdout, bp), p.sdout, bp, i, t0, tl);
       }
     }
-    s_u[r][t] = uu;
-    s_dt[r][t] = dt;
-    if (s_dsp) s_dsp[r][t] = dsp;
+    const T *bB = static_cast<const T *>(p.B) + bp.b * p.sB.b + bp.g * p.sB.g;
+    const T *bC = static_cast<const T *>(p.C) + bp.b * p.sC.b + bp.g * p.sC.g;
+#pragma unroll
+    for (int j = 0; j < kSt; ++j) {
+      const int i = threadIdx.x + j * kThreads;
+      B[j] = state_at(bB, p.sB, p.nstate, i, t0, tl);
+      if constexpr (WITH_C) C[j] = state_at(bC, p.sC, p.nstate, i, t0, tl);
+    }
+    if (p.seq_idx && threadIdx.x < TT) {
+      const int t = threadIdx.x;
+      const int *sq = p.seq_idx + (long long)bp.b * p.len + t0 + t;
+      seq = t < tl ? sq[0] : 0;
+      seq_prev = (t < tl && t0 + t > 0) ? sq[-1] : seq;
+    }
   }
-}
 
-// One of B, C (this block's row and group) for times [t0, t0 + tl), transposed to [t][n].
-template <typename T, int NPAD, int TT, int BS>
-__device__ __forceinline__ void load_bc(const T *src, int N, int L, int tl, float (*s)[BS]) {
-  for (int i = threadIdx.x; i < NPAD * TT; i += kThreads) {
-    const int n = i / TT, t = i % TT;
-    s[t][n] = (n < N && t < tl) ? to_f(src[(long long)n * L + t]) : 0.f;
+  template <int BS>
+  __device__ __forceinline__ void commit(Tile<CPB, TT, BS, WITH_C, GRAD> &s, const Chan<CPB> &ch,
+                                         const ScanParams &p, const BlockPos &bp, int tl) const {
+#pragma unroll
+    for (int j = 0; j < kRow; ++j) {
+      const int i = threadIdx.x + j * kThreads;
+      if (i < CPB * TT) {
+        const TilePos<CPB, TT, false> qu(i);
+        const TilePos<CPB, TT, TM> qd(i);
+        s.u[qu.r][qu.t] = to_f(u[j]);
+        float dt = 0.f, dsp = 0.f;
+        if (qd.r < bp.nrows && qd.t < tl) {
+          const float x = to_f(dl[j]) + ch.bias[qd.r];
+          dt = p.softplus ? softplus(x) : x;
+          dsp = (!p.softplus || x > 20.f) ? 1.f : sigmoid(x);
+        }
+        s.dt[qd.r][qd.t] = dt;
+        if constexpr (GRAD) {
+          s.dsp[qd.r][qd.t] = dsp;
+          s.z[qd.r][qd.t] = to_f(z[j]);
+          s.go[qd.r][qd.t] = to_f(go[j]);
+        }
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < kSt; ++j) {
+      const int i = threadIdx.x + j * kThreads;
+      if (i < NPAD * TT) {
+        const TilePos<NPAD, TT, TM> q(i);
+        s.B[q.t][q.r] = to_f(B[j]);
+        if constexpr (WITH_C) s.C[q.t][q.r] = to_f(C[j]);
+      }
+    }
+    if (p.seq_idx && threadIdx.x < TT) s.rst[threadIdx.x] = threadIdx.x < tl && seq != seq_prev;
   }
-}
+};
 
-template <typename T, int NPT, int LPC>
+template <typename T, int NPT, int LPC, bool TM>
 __global__ void __launch_bounds__(kThreads, Cfg<NPT, LPC>::kFwdMinBlocks) fwd_kernel(ScanParams p) {
   using K = Cfg<NPT, LPC>;
   constexpr int CPB = K::kCpb, NPAD = K::kNpad, TF = K::kTf, BS = K::kBs;
-  __shared__ float s_u[CPB][TF + 1], s_dt[CPB][TF + 1], s_y[CPB][TF + 1];
-  __shared__ int s_rst[TF];
-  __shared__ __align__(16) float s_B[TF][BS];
-  __shared__ __align__(16) float s_C[TF][BS];
+  __shared__ Tile<CPB, TF, BS, true, false> s;
+  __shared__ Chan<CPB> ch;
+  __shared__ float s_y[CPB][TF + 1];
 
   const BlockPos bp = block_pos(p, CPB);
   const int c = threadIdx.x / LPC, lane = threadIdx.x % LPC;
   const int d = bp.d0 + c;
   const bool active = c < bp.nrows;
   const int N = p.nstate, L = p.len;
+  const float *h0row = (active && p.h0) ? p.h0 + bp.b * p.h0_bstride + (long long)d * N : nullptr;
 
-  float A2[NPT], h[NPT], ho[NPT], hs[NPT];
+  float A2[NPT], h[NPT], ho[NPT];
+  load_state<NPT>(h, h0row, lane, N);
 #pragma unroll
   for (int k = 0; k < NPT; ++k) {
     const int n = lane * NPT + k;
     const bool ok = active && n < N;
     const long long dn = (long long)d * N + n;
     A2[k] = ok ? p.A[dn] * kLog2e : 0.f;
-    hs[k] = h[k] = (ok && p.h0) ? p.h0[bp.b * p.h0_bstride + dn] : 0.f;
     ho[k] = (ok && p.hoff) ? p.hoff[bp.b * p.hoff_bstride + dn] : 0.f;
   }
-  const long long bc_off = ((long long)bp.b * p.groups + bp.g) * N * L;
-  const T *Bg = static_cast<const T *>(p.B) + bc_off;
-  const T *Cg = static_cast<const T *>(p.C) + bc_off;
-  const long long row0 = ((long long)bp.b * p.dim + bp.d0) * L;
+  ch.load(p, bp);
+  Staged<T, CPB, TF, NPAD, true, false, TM> st;
+  st.fetch(p, bp, 0, min(TF, L));
+  __syncthreads();
 
   for (int t0 = 0; t0 < L; t0 += TF) {
     const int tl = min(TF, L - t0);
-    load_u_dt<T, CPB, TF>(p, bp, t0, tl, s_u, s_dt, nullptr, s_rst);
-    load_bc<T, NPAD, TF, BS>(Bg + t0, N, L, tl, s_B);
-    load_bc<T, NPAD, TF, BS>(Cg + t0, N, L, tl, s_C);
+    st.commit(s, ch, p, bp, tl);
     __syncthreads();
-#pragma unroll 2
+    if (t0 + TF < L) st.fetch(p, bp, t0 + TF, min(TF, L - t0 - TF));
+#pragma unroll kFwdUnroll
     for (int t = 0; t < tl; ++t) {
-      if (p.seq_idx && s_rst[t]) restart<NPT>(h, hs);  // uniform over the block: one batch row
-      const float dt = s_dt[c][t];
-      const float du = dt * s_u[c][t];
+      if (p.seq_idx && s.rst[t]) load_state<NPT>(h, h0row, lane, N);  // uniform over the block: one batch row
+      const float dt = s.dt[c][t];
+      const float du = dt * s.u[c][t];
       float Bv[NPT], Cv[NPT];
-      load_vec<NPT>(Bv, &s_B[t][lane * NPT]);
-      load_vec<NPT>(Cv, &s_C[t][lane * NPT]);
+      load_vec<NPT>(Bv, &s.B[t][lane * NPT]);
+      load_vec<NPT>(Cv, &s.C[t][lane * NPT]);
       float acc = 0.f;
 #pragma unroll
       for (int k = 0; k < NPT; ++k) {
@@ -248,21 +364,17 @@ __global__ void __launch_bounds__(kThreads, Cfg<NPT, LPC>::kFwdMinBlocks) fwd_ke
       if (lane == 0) s_y[c][t] = acc;
     }
     __syncthreads();
-    T *y = static_cast<T *>(p.y) + row0 + t0;
-    const T *z = p.z ? static_cast<const T *>(p.z) + row0 + t0 : nullptr;
+    const T *z = p.z ? row_ptr<TM, const T>(p.z, p.sz, bp) : nullptr;
+    T *y = row_ptr<TM, T>(p.y, p.sy, bp);
     for (int i = threadIdx.x; i < CPB * TF; i += kThreads) {
-      const int r = i / TF, t = i % TF;
-      if (r < bp.nrows && t < tl) {
-        const int dr = bp.d0 + r;
-        float v = s_y[r][t];
-        if (p.D) v += p.D[dr] * s_u[r][t];
-        if (p.yoff) v += p.yoff[bp.b * p.yoff_bstride + dr];
-        const long long off = (long long)r * L + t;
+      const TilePos<CPB, TF, TM> q(i);
+      if (q.r < bp.nrows && q.t < tl) {
+        float v = s_y[q.r][q.t] + ch.D[q.r] * s.u[q.r][q.t] + ch.yoff[q.r];
         if (z) {
-          const float zz = to_f(z[off]);
+          const float zz = to_f(z[row_off<TM>(p.sz, q.r, t0 + q.t)]);
           v *= zz * sigmoid(zz);
         }
-        y[off] = from_f<T>(v);
+        y[row_off<TM>(p.sy, q.r, t0 + q.t)] = from_f<T>(v);
       }
     }
     __syncthreads();
@@ -276,96 +388,110 @@ __global__ void __launch_bounds__(kThreads, Cfg<NPT, LPC>::kFwdMinBlocks) fwd_ke
   }
 }
 
-template <typename T, int NPT, int LPC>
+template <typename T, int NPT, int LPC, bool TM>
 __global__ void __launch_bounds__(kThreads, Cfg<NPT, LPC>::kBwdMinBlocks) bwd_kernel(ScanParams p) {
   using K = Cfg<NPT, LPC>;
   constexpr int CPB = K::kCpb, NPAD = K::kNpad, TB = K::kTb, BS = K::kBs;
-  __shared__ float s_u[CPB][TB + 1], s_dt[CPB][TB + 1], s_dsp[CPB][TB + 1], s_dy[CPB][TB + 1];
-  __shared__ float s_y[CPB][TB + 1], s_s1[CPB][TB + 1], s_s2[CPB][TB + 1];
-  __shared__ __align__(16) float s_B[TB][BS];
-  __shared__ __align__(16) float s_C[TB][BS];
-  __shared__ float s_dB[TB][BS], s_dC[TB][BS];
+  constexpr int kWarps = kThreads / 32;
+  // dB, dC summed over a warp's channels go to the warp's own slice of s_part, written without atomics (a float
+  // atomicAdd to shared memory is a compare-and-swap loop on sm_90), and 2d sums the slices. Where the slices would
+  // not fit (large N), the lanes holding the sums add them to global memory directly.
+  constexpr bool kSlices = kWarps * TB * 2 * NPAD * 4 <= 16384;
+  __shared__ Tile<CPB, TB, BS, true, true> s;
+  __shared__ Chan<CPB> ch;
+  __shared__ float s_y[CPB][TB + 1], s_dy[CPB][TB + 1], s_s1[CPB][TB + 1], s_s2[CPB][TB + 1];
+  __shared__ float s_part[kSlices ? kWarps : 1][kSlices ? TB : 1][2 * NPAD];
   __shared__ float s_accD[CPB], s_accY[CPB], s_accBias[CPB];
-  __shared__ int s_rst[TB];
 
   const BlockPos bp = block_pos(p, CPB);
-  const int c = threadIdx.x / LPC, lane = threadIdx.x % LPC;
+  const int c = threadIdx.x / LPC, lane = threadIdx.x % LPC, warp = threadIdx.x / 32;
   const int d = bp.d0 + c;
   const bool active = c < bp.nrows;
   const int N = p.nstate, L = p.len;
   const int nch = (L + TB - 1) / TB;
+  const long long dn0 = (long long)d * N;
+  const float *h0row = (active && p.h0) ? p.h0 + bp.b * p.h0_bstride + dn0 : nullptr;
+  float *dh0row = (active && p.dh0) ? p.dh0 + bp.b * p.h0_bstride + dn0 : nullptr;
 
   for (int r = threadIdx.x; r < CPB; r += kThreads) s_accD[r] = s_accY[r] = s_accBias[r] = 0.f;
+  ch.load(p, bp);
 
-  // dhs: gradient of the initial state from the documents that restart from it inside the row
-  float A2[NPT], h[NPT], hs[NPT], ho[NPT], G[NPT], dAacc[NPT], dho[NPT], dhs[NPT];
+  float A2[NPT], h[NPT], ho[NPT], G[NPT], dAacc[NPT], dho[NPT];
+  load_state<NPT>(h, h0row, lane, N);
 #pragma unroll
   for (int k = 0; k < NPT; ++k) {
     const int n = lane * NPT + k;
     const bool ok = active && n < N;
-    const long long dn = (long long)d * N + n;
-    A2[k] = ok ? p.A[dn] * kLog2e : 0.f;
-    hs[k] = h[k] = (ok && p.h0) ? p.h0[bp.b * p.h0_bstride + dn] : 0.f;
-    dhs[k] = 0.f;
-    ho[k] = (ok && p.hoff) ? p.hoff[bp.b * p.hoff_bstride + dn] : 0.f;
+    A2[k] = ok ? p.A[dn0 + n] * kLog2e : 0.f;
+    ho[k] = (ok && p.hoff) ? p.hoff[bp.b * p.hoff_bstride + dn0 + n] : 0.f;
     G[k] = (ok && p.dfinal) ? p.dfinal[((long long)bp.b * p.dim + d) * N + n] : 0.f;
     dAacc[k] = 0.f;
     dho[k] = 0.f;
   }
-  const long long bc_off = ((long long)bp.b * p.groups + bp.g) * N * L;
-  const T *Bg = static_cast<const T *>(p.B) + bc_off;
-  const T *Cg = static_cast<const T *>(p.C) + bc_off;
-  const long long row0 = ((long long)bp.b * p.dim + bp.d0) * L;
+  const long long bc_off = ((long long)bp.b * p.groups + bp.g) * N * L;  // dB, dC: contiguous fp32
   // this thread's checkpoint slots: ckpt[b][chunk][d][lane * NPT + k]
   float *ck = p.ckpt + ((long long)bp.b * nch * p.dim + d) * NPAD + lane * NPT;
   const long long ck_stride = (long long)p.dim * NPAD;
 
-  // 1. replay the recurrence to checkpoint the state at every chunk start
-  for (int kc = 0; kc < nch; ++kc) {
-    if (active) store_vec<NPT>(ck + kc * ck_stride, h);
-    if (kc == nch - 1) break;
-    const int t0 = kc * TB;
-    load_u_dt<T, CPB, TB>(p, bp, t0, TB, s_u, s_dt, nullptr, s_rst);
-    load_bc<T, NPAD, TB, BS>(Bg + t0, N, L, TB, s_B);
+  // 1. replay the recurrence to checkpoint the state at every chunk start (every chunk but the last is whole)
+  {
+    Staged<T, CPB, TB, NPAD, false, false, TM> st;
+    if (nch > 1) st.fetch(p, bp, 0, TB);
     __syncthreads();
+    for (int kc = 0; kc < nch; ++kc) {
+      if (active) store_vec<NPT>(ck + kc * ck_stride, h);
+      if (kc == nch - 1) break;
+      auto &r = reinterpret_cast<Tile<CPB, TB, BS, false, false> &>(s);  // a smaller tile in the same memory
+      st.commit(r, ch, p, bp, TB);
+      __syncthreads();
+      if (kc + 1 < nch - 1) st.fetch(p, bp, (kc + 1) * TB, TB);
 #pragma unroll
-    for (int t = 0; t < TB; ++t) {
-      if (p.seq_idx && s_rst[t]) restart<NPT>(h, hs);
-      const float dt = s_dt[c][t];
-      const float du = dt * s_u[c][t];
-      float Bv[NPT];
-      load_vec<NPT>(Bv, &s_B[t][lane * NPT]);
+      for (int t = 0; t < TB; ++t) {
+        if (p.seq_idx && r.rst[t]) load_state<NPT>(h, h0row, lane, N);
+        const float dt = r.dt[c][t];
+        const float du = dt * r.u[c][t];
+        float Bv[NPT];
+        load_vec<NPT>(Bv, &r.B[t][lane * NPT]);
 #pragma unroll
-      for (int k = 0; k < NPT; ++k) h[k] = exp2f(dt * A2[k]) * h[k] + du * Bv[k];
+        for (int k = 0; k < NPT; ++k) h[k] = exp2f(dt * A2[k]) * h[k] + du * Bv[k];
+      }
+      __syncthreads();
     }
-    __syncthreads();
   }
 
   // 2. chunks in reverse
+  Staged<T, CPB, TB, NPAD, true, true, TM> st;
+  float hck[NPT];
+#pragma unroll
+  for (int k = 0; k < NPT; ++k) hck[k] = 0.f;
+  {
+    const int t0 = (nch - 1) * TB;
+    st.fetch(p, bp, t0, L - t0);
+    if (active) load_vec<NPT>(hck, ck + (nch - 1) * ck_stride);
+  }
   for (int kc = nch - 1; kc >= 0; --kc) {
     const int t0 = kc * TB;
     const int tl = min(TB, L - t0);
-    load_u_dt<T, CPB, TB>(p, bp, t0, tl, s_u, s_dt, s_dsp, s_rst);
-    load_bc<T, NPAD, TB, BS>(Bg + t0, N, L, tl, s_B);
-    load_bc<T, NPAD, TB, BS>(Cg + t0, N, L, tl, s_C);
-    for (int i = threadIdx.x; i < TB * BS; i += kThreads) {
-      (&s_dB[0][0])[i] = 0.f;
-      (&s_dC[0][0])[i] = 0.f;
-    }
-    if (active) load_vec<NPT>(h, ck + kc * ck_stride);
+    st.commit(s, ch, p, bp, tl);
+#pragma unroll
+    for (int k = 0; k < NPT; ++k) h[k] = hck[k];
     __syncthreads();
+    if (kc > 0) {
+      st.fetch(p, bp, t0 - TB, TB);
+      if (active) load_vec<NPT>(hck, ck + (kc - 1) * ck_stride);
+    }
 
     // 2a. replay the chunk: h_{t-1} kept in registers, y before the gate to shared memory
     float hist[TB][NPT];
 #pragma unroll
     for (int t = 0; t < TB; ++t) {
       if (t < tl) {
-        if (p.seq_idx && s_rst[t]) restart<NPT>(h, hs);
-        const float dt = s_dt[c][t];
-        const float du = dt * s_u[c][t];
+        if (p.seq_idx && s.rst[t]) load_state<NPT>(h, h0row, lane, N);
+        const float dt = s.dt[c][t];
+        const float du = dt * s.u[c][t];
         float Bv[NPT], Cv[NPT];
-        load_vec<NPT>(Bv, &s_B[t][lane * NPT]);
-        load_vec<NPT>(Cv, &s_C[t][lane * NPT]);
+        load_vec<NPT>(Bv, &s.B[t][lane * NPT]);
+        load_vec<NPT>(Cv, &s.C[t][lane * NPT]);
         float acc = 0.f;
 #pragma unroll
         for (int k = 0; k < NPT; ++k) {
@@ -379,39 +505,25 @@ __global__ void __launch_bounds__(kThreads, Cfg<NPT, LPC>::kBwdMinBlocks) bwd_ke
     }
     __syncthreads();
 
-    // 2b. through the readout: dy before the gate, dz, and the D and y-offset sums
-    {
-      const T *dout = static_cast<const T *>(p.dout) + row0 + t0;
-      const T *z = p.z ? static_cast<const T *>(p.z) + row0 + t0 : nullptr;
-      T *dz = p.z ? static_cast<T *>(p.dz) + row0 + t0 : nullptr;
-      for (int i = threadIdx.x; i < CPB * TB; i += kThreads) {
-        const int r = i / TB, t = i % TB;
-        float dy = 0.f, vD = 0.f;
-        if (r < bp.nrows && t < tl) {
-          const int dr = bp.d0 + r;
-          const long long off = (long long)r * L + t;
-          const float go = to_f(dout[off]);
-          if (z) {
-            float yv = s_y[r][t];
-            if (p.D) yv += p.D[dr] * s_u[r][t];
-            if (p.yoff) yv += p.yoff[bp.b * p.yoff_bstride + dr];
-            const float zz = to_f(z[off]);
-            const float sg = sigmoid(zz);
-            dz[off] = from_f<T>(go * yv * sg * (1.f + zz * (1.f - sg)));
-            dy = go * zz * sg;
-          } else {
-            dy = go;
-          }
-          vD = dy * s_u[r][t];
-        }
-        s_dy[r][t] = dy;
-        const float sD = lane_sum<TB>(vD);
-        const float sY = lane_sum<TB>(dy);
-        if (t == 0) {
-          s_accD[r] += sD;
-          s_accY[r] += sY;
+    // 2b. through the readout: dy before the gate, and dz
+    T *dz = p.z ? row_ptr<TM, T>(p.dz, p.sdz, bp) : nullptr;
+#pragma unroll 1
+    for (int i = threadIdx.x; i < CPB * TB; i += kThreads) {
+      const TilePos<CPB, TB, TM> q(i);
+      float dy = 0.f;
+      if (q.r < bp.nrows && q.t < tl) {
+        const float go = s.go[q.r][q.t];
+        if (p.z) {
+          const float yv = s_y[q.r][q.t] + ch.D[q.r] * s.u[q.r][q.t] + ch.yoff[q.r];
+          const float zz = s.z[q.r][q.t];
+          const float sg = sigmoid(zz);
+          dz[row_off<TM>(p.sdz, q.r, t0 + q.t)] = from_f<T>(go * yv * sg * (1.f + zz * (1.f - sg)));
+          dy = go * zz * sg;
+        } else {
+          dy = go;
         }
       }
+      s_dy[q.r][q.t] = dy;
     }
     __syncthreads();
 
@@ -419,13 +531,13 @@ __global__ void __launch_bounds__(kThreads, Cfg<NPT, LPC>::kBwdMinBlocks) bwd_ke
 #pragma unroll
     for (int t = TB - 1; t >= 0; --t) {
       if (t < tl) {
-        const float dt = s_dt[c][t];
-        const float uu = s_u[c][t];
+        const float dt = s.dt[c][t];
+        const float uu = s.u[c][t];
         const float dy = s_dy[c][t];
         const float du = dt * uu;
-        float Bv[NPT], Cv[NPT], dBv[NPT], dCv[NPT];
-        load_vec<NPT>(Bv, &s_B[t][lane * NPT]);
-        load_vec<NPT>(Cv, &s_C[t][lane * NPT]);
+        float Bv[NPT], Cv[NPT], v[2 * NPT];
+        load_vec<NPT>(Bv, &s.B[t][lane * NPT]);
+        load_vec<NPT>(Cv, &s.C[t][lane * NPT]);
         float s1 = 0.f, s2 = 0.f;
 #pragma unroll
         for (int k = 0; k < NPT; ++k) {
@@ -433,21 +545,21 @@ __global__ void __launch_bounds__(kThreads, Cfg<NPT, LPC>::kBwdMinBlocks) bwd_ke
           const float hp = hist[t][k];
           const float g = G[k] + dy * Cv[k];
           const float hc = a * hp + du * Bv[k];
-          dCv[k] = dy * (hc + ho[k]);
+          v[NPT + k] = dy * (hc + ho[k]);  // dC
           dho[k] += dy * Cv[k];
           const float gah = g * a * hp;
           s1 += gah * A2[k];
           dAacc[k] += gah * dt;
           s2 += g * Bv[k];
-          dBv[k] = g * du;
+          v[k] = g * du;  // dB
           G[k] = a * g;
         }
-        if (p.seq_idx && s_rst[t]) {
-          // h_{t-1} was the initial state, not the previous document's last state: ∂/∂h_{t-1} goes
-          // to h_0, and nothing flows back across the boundary
+        if (p.seq_idx && s.rst[t]) {
+          // h_{t-1} was the initial state, not the previous document's last state: ∂/∂h_{t-1} goes to h_0, and
+          // nothing flows back across the boundary
 #pragma unroll
           for (int k = 0; k < NPT; ++k) {
-            dhs[k] += G[k];
+            if (dh0row && lane * NPT + k < N) atomicAdd(dh0row + lane * NPT + k, G[k]);
             G[k] = 0.f;
           }
         }
@@ -457,54 +569,62 @@ __global__ void __launch_bounds__(kThreads, Cfg<NPT, LPC>::kBwdMinBlocks) bwd_ke
           s_s1[c][t] = s1;
           s_s2[c][t] = s2;
         }
-float v[2 * NPT];
-#pragma unroll
-        for (int k = 0; k < NPT; ++k) {
-          v[k] = dBv[k];
-          v[NPT + k] = dCv[k];
-        }
         int first;
         const int count = channel_reduce_scatter<2 * NPT, LPC>(v, first);
         if (count) {
 #pragma unroll
           for (int j = 0; j < sums_per_lane(2 * NPT, LPC); ++j) {
             const int idx = first + j;
-            float *dst = idx < NPT ? &s_dB[t][lane * NPT + idx] : &s_dC[t][lane * NPT + idx - NPT];
-            atomicAdd(dst, v[j]);
+            const int which = idx < NPT ? 0 : 1, n = lane * NPT + idx - which * NPT;
+            if constexpr (kSlices) {
+              s_part[warp][t][which * NPAD + n] = v[j];
+            } else if (n < N) {
+              atomicAdd((which ? p.dC : p.dB) + bc_off + (long long)n * L + t0 + t, v[j]);
+            }
           }
         }
       }
     }
     __syncthreads();
 
-    // 2d. du, dδ per (channel, t); dB, dC per (n, t)
-    {
-      T *du = static_cast<T *>(p.du) + row0 + t0;
-      T *ddl = static_cast<T *>(p.ddelta) + row0 + t0;
-      for (int i = threadIdx.x; i < CPB * TB; i += kThreads) {
-        const int r = i / TB, t = i % TB;
-        float vb = 0.f;
-        if (r < bp.nrows && t < tl) {
-          const int dr = bp.d0 + r;
-          const long long off = (long long)r * L + t;
-          const float uu = s_u[r][t], dt = s_dt[r][t], s2 = s_s2[r][t];
-          const float ddt = s_s1[r][t] + uu * s2;
-          float gu = dt * s2;
-          if (p.D) gu += p.D[dr] * s_dy[r][t];
-          vb = ddt * s_dsp[r][t];
-          du[off] = from_f<T>(gu);
-          ddl[off] = from_f<T>(vb);
-        }
-        const float sb = lane_sum<TB>(vb);
-        if (t == 0) s_accBias[r] += sb;
+    // 2d. du, dδ per (channel, t), each in its own layout; dD, dy', dbias summed per channel; dB, dC per (n, t)
+    T *du = row_ptr<false, T>(p.du, p.sdu, bp), *ddl = row_ptr<TM, T>(p.ddelta, p.sddelta, bp);
+    // du is channel-major: its loop runs t fastest, so the sums over t for dD, dy' and dbias are lane sums there
+    for (int i = threadIdx.x; i < CPB * TB; i += kThreads) {
+      const TilePos<CPB, TB, false> q(i);
+      float vD = 0.f, vY = 0.f, vB = 0.f;
+      if (q.r < bp.nrows && q.t < tl) {
+        const float dy = s_dy[q.r][q.t], uu = s.u[q.r][q.t], s2 = s_s2[q.r][q.t];
+        du[row_off<false>(p.sdu, q.r, t0 + q.t)] = from_f<T>(s.dt[q.r][q.t] * s2 + ch.D[q.r] * dy);
+        vD = dy * uu;
+        vY = dy;
+        vB = (s_s1[q.r][q.t] + uu * s2) * s.dsp[q.r][q.t];
       }
-      float *dBg = p.dB + bc_off + t0;
-      float *dCg = p.dC + bc_off + t0;
-      for (int i = threadIdx.x; i < NPAD * TB; i += kThreads) {
-        const int n = i / TB, t = i % TB;
+      vD = lane_sum<TB>(vD);
+      vY = lane_sum<TB>(vY);
+      vB = lane_sum<TB>(vB);
+      if (q.t == 0) {
+        s_accD[q.r] += vD;
+        s_accY[q.r] += vY;
+        s_accBias[q.r] += vB;
+      }
+    }
+#pragma unroll 1
+    for (int i = threadIdx.x; i < CPB * TB; i += kThreads) {
+      const TilePos<CPB, TB, TM> q(i);
+      if (q.r < bp.nrows && q.t < tl) {
+        const float ddt = (s_s1[q.r][q.t] + s.u[q.r][q.t] * s_s2[q.r][q.t]) * s.dsp[q.r][q.t];
+        ddl[row_off<TM>(p.sddelta, q.r, t0 + q.t)] = from_f<T>(ddt);
+      }
+    }
+    if constexpr (kSlices) {
+      for (int i = threadIdx.x; i < 2 * NPAD * TB; i += kThreads) {
+        const int m = i / TB, t = i % TB, which = m / NPAD, n = m % NPAD;
         if (n < N && t < tl) {
-          atomicAdd(dBg + (long long)n * L + t, s_dB[t][n]);
-          atomicAdd(dCg + (long long)n * L + t, s_dC[t][n]);
+          float sum = 0.f;
+#pragma unroll
+          for (int w = 0; w < kWarps; ++w) sum += s_part[w][t][m];
+          atomicAdd((which ? p.dC : p.dB) + bc_off + (long long)n * L + t0 + t, sum);
         }
       }
     }
@@ -516,10 +636,9 @@ float v[2 * NPT];
     for (int k = 0; k < NPT; ++k) {
       const int n = lane * NPT + k;
       if (n < N) {
-        const long long dn = (long long)d * N + n;
-        atomicAdd(p.dA + dn, dAacc[k]);
-        if (p.dh0) atomicAdd(p.dh0 + bp.b * p.h0_bstride + dn, G[k] + dhs[k]);
-        if (p.dhoff) atomicAdd(p.dhoff + bp.b * p.hoff_bstride + dn, dho[k]);
+        atomicAdd(p.dA + dn0 + n, dAacc[k]);
+        if (dh0row) atomicAdd(dh0row + n, G[k]);
+        if (p.dhoff) atomicAdd(p.dhoff + bp.b * p.hoff_bstride + dn0 + n, dho[k]);
       }
     }
   }
@@ -596,14 +715,18 @@ inline int narrow_below(bool backward) {
 template <typename T>
 void launch_fwd(const ScanParams &p, cudaStream_t s) {
   SSM_OFFSET_DISPATCH_NSTATE(p.nstate, p.batch * p.dim < narrow_below(false), {
-    fwd_kernel<T, NPT, LPC><<<scan_grid<Cfg<NPT, LPC>::kCpb>(p), kThreads, 0, s>>>(p);
+    const dim3 grid = scan_grid<Cfg<NPT, LPC>::kCpb>(p);
+    if (p.time_major) fwd_kernel<T, NPT, LPC, true><<<grid, kThreads, 0, s>>>(p);
+    else fwd_kernel<T, NPT, LPC, false><<<grid, kThreads, 0, s>>>(p);
   })
 }
 
 template <typename T>
 void launch_bwd(const ScanParams &p, cudaStream_t s) {
   SSM_OFFSET_DISPATCH_NSTATE(p.nstate, p.batch * p.dim < narrow_below(true), {
-    bwd_kernel<T, NPT, LPC><<<scan_grid<Cfg<NPT, LPC>::kCpb>(p), kThreads, 0, s>>>(p);
+    const dim3 grid = scan_grid<Cfg<NPT, LPC>::kCpb>(p);
+    if (p.time_major) bwd_kernel<T, NPT, LPC, true><<<grid, kThreads, 0, s>>>(p);
+    else bwd_kernel<T, NPT, LPC, false><<<grid, kThreads, 0, s>>>(p);
   })
 }
 

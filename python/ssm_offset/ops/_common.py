@@ -74,6 +74,34 @@ def recompute_grads(reference, grad_outputs, tensors, **static):
     return [grads[k].contiguous() if k in grads else torch.empty(0, device=device) for k in tensors]
 
 
+def time_major(t: torch.Tensor) -> bool:
+    """A (batch, C, L) tensor whose channels are adjacent in memory: a transposed view of a projection's
+    (batch, L, C) output, as the Mamba-1 mixer hands delta and z to the scan."""
+    return t.dim() == 3 and t.shape[1] > 1 and t.shape[2] > 1 and t.stride(1) == 1
+
+
+def empty_scan_like(t: torch.Tensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """A new tensor shaped like the (batch, C, L) tensor t, time-major where t is, contiguous otherwise.
+
+    The Mamba-1 scan lays its (batch, C, L) outputs out this way in every implementation (reference, kernels,
+    fake): y like delta, and each of du, ddelta, dz like its input. A projection then reads y, and autograd
+    hands ddelta and dz back to theirs, without a layout copy; and a compiled graph, which plans its views on
+    the fake's strides, gets the strides it planned for."""
+    dtype = dtype or t.dtype
+    if time_major(t):
+        return t.new_empty((t.shape[0], t.shape[2], t.shape[1]), dtype=dtype).transpose(1, 2)
+    return t.new_empty(t.shape, dtype=dtype)
+
+
+def scan_like(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """x (shaped like t) in the layout empty_scan_like(t) gives: x itself where it has it, else a copy."""
+    if x.transpose(1, 2).is_contiguous() if time_major(t) else x.is_contiguous():
+        return x
+    out = empty_scan_like(t, x.dtype)
+    out.copy_(x)
+    return out
+
+
 def fake_grads(tensors):
     """What a scan backward returns, for torch.compile: contiguous gradients. Every implementation returns
     contiguous tensors, whatever its inputs' strides: a compiled graph plans its views and reshapes on the

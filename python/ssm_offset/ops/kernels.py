@@ -22,6 +22,8 @@ from typing import Optional
 
 import torch
 
+from ._common import empty_scan_like, time_major
+
 _SOURCES = ("binding.cpp", "fwd_f32.cu", "fwd_f16.cu", "fwd_bf16.cu", "bwd_f32.cu", "bwd_f16.cu", "bwd_bf16.cu", "step.cu")
 _KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -75,7 +77,8 @@ def build(verbose: bool = False):
                 name="ssm_offset_selective_scan",
                 sources=[str(src / s) for s in _SOURCES],
                 extra_cflags=["-O3"],
-                extra_cuda_cflags=["-O3", "--use_fast_math", "-lineinfo", *_arch_flags()],
+                extra_cuda_cflags=["-O3", "--use_fast_math", "-lineinfo", *_arch_flags(),
+                                   *os.environ.get("SSM_OFFSET_NVCC_FLAGS", "").split()],
                 build_directory=str(build_dir),
                 verbose=verbose,
             )
@@ -131,10 +134,25 @@ def _i32(t):
 
 
 def _grouped(t: torch.Tensor, dtype, time_axis: bool) -> torch.Tensor:
-    """B or C as (batch, groups, N[, L]) contiguous in the kernel's dtype."""
+    """B or C as (batch, groups, N[, L]) in the kernel's dtype (contiguous for the decode step; the scan lays it
+    out with _laid_out)."""
     if t.dim() == (3 if time_axis else 2):
         t = t.unsqueeze(1)
-    return t.to(dtype).contiguous()
+    t = t.to(dtype)
+    return t if time_axis else t.contiguous()
+
+
+def _laid_out(t: Optional[torch.Tensor], tm: bool) -> Optional[torch.Tensor]:
+    """t with its last two dims (rows, L) as the scan kernels read them (cuda/selective_scan/selective_scan.h):
+    rows adjacent when tm (a transposed view of a (batch, L, rows) projection output), else L adjacent. A copy
+    only where t is laid out the other way."""
+    if t is None:
+        return None
+    rows, time = t.dim() - 2, t.dim() - 1
+    inner = rows if tm else time
+    if t.shape[inner] == 1 or t.stride(inner) == 1:
+        return t
+    return t.transpose(rows, time).contiguous().transpose(rows, time) if tm else t.contiguous()
 
 
 def _usable(u: torch.Tensor) -> bool:
@@ -149,38 +167,37 @@ def _fwd_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state
     if ext is None:
         return selective_scan_fwd_reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                                             initial_state, state_offset, y_offset, seq_idx)
-    dt = u.dtype
+    dt, tm = u.dtype, time_major(delta)
     y, final = ext.fwd(
-        u.contiguous(), delta.to(dt).contiguous(), _f32(A), _grouped(B, dt, True), _grouped(C, dt, True),
-        _f32(D), None if z is None else z.to(dt).contiguous(), _f32(delta_bias), bool(delta_softplus),
-        _f32(initial_state), _f32(state_offset), _f32(y_offset), _i32(seq_idx),
+        _laid_out(u, False), _laid_out(delta.to(dt), tm), _f32(A), _laid_out(_grouped(B, dt, True), tm),
+        _laid_out(_grouped(C, dt, True), tm), _f32(D), _laid_out(None if z is None else z.to(dt), tm),
+        _f32(delta_bias), bool(delta_softplus), _f32(initial_state), _f32(state_offset), _f32(y_offset),
+        _i32(seq_idx), empty_scan_like(delta, dt),
     )
     return y, final
 
 
 def _bwd_cuda(dy, dfinal_state, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
               initial_state, state_offset, y_offset, seq_idx=None):
-    from .selective_scan.op import selective_scan_bwd_reference
+    from .selective_scan.op import laid_out_grads, selective_scan_bwd_reference
 
     ext = _extension() if _usable(u) else None
     if ext is None:
         return selective_scan_bwd_reference(dy, dfinal_state, u, delta, A, B, C, D, z, delta_bias,
                                             delta_softplus, initial_state, state_offset, y_offset, seq_idx)
-    dt = u.dtype
+    dt, tm = u.dtype, time_major(delta)
+    u_ = _laid_out(u, False)
     grads = ext.bwd(
-        dy.to(dt).contiguous(), _f32(dfinal_state), u.contiguous(), delta.to(dt).contiguous(), _f32(A),
-        _grouped(B, dt, True), _grouped(C, dt, True), _f32(D), None if z is None else z.to(dt).contiguous(),
-        _f32(delta_bias), bool(delta_softplus), _f32(initial_state), _f32(state_offset), _f32(y_offset),
-        _i32(seq_idx),
+        _laid_out(dy.to(dt), tm), _f32(dfinal_state), u_, _laid_out(delta.to(dt), tm), _f32(A),
+        _laid_out(_grouped(B, dt, True), tm), _laid_out(_grouped(C, dt, True), tm), _f32(D),
+        _laid_out(None if z is None else z.to(dt), tm), _f32(delta_bias), bool(delta_softplus),
+        _f32(initial_state), _f32(state_offset), _f32(y_offset), _i32(seq_idx),
+        empty_scan_like(u_), empty_scan_like(delta, dt), None if z is None else empty_scan_like(delta, dt),
     )
     inputs = (u, delta, A, B, C, D, z, delta_bias, initial_state, state_offset, y_offset)
-    out = []
-    for g, x in zip(grads, inputs):
-        if x is None:
-            out.append(torch.empty(0, device=u.device))
-        else:
-            out.append(g.reshape(x.shape).to(x.dtype))
-    return out
+    out = [torch.empty(0, device=u.device) if x is None else g.reshape(x.shape).to(x.dtype)
+           for g, x in zip(grads, inputs)]
+    return laid_out_grads(out, inputs)
 
 
 def _step_cuda(state, u, delta, A, B, C, D, z, delta_bias, delta_softplus, state_offset, y_offset):

@@ -10,11 +10,17 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .._common import compute_dtype, fake_grads, recompute_grads, select_grads
+from .._common import compute_dtype, empty_scan_like, fake_grads, recompute_grads, scan_like, select_grads
 from .naive import selective_scan_naive
 from .step import selective_scan_step_reference
 
 _GRAD_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state", "state_offset", "y_offset")
+_LAID_OUT = (0, 1, 6)  # du, ddelta, dz: each in its input's layout (_common.empty_scan_like)
+
+
+def laid_out_grads(grads, inputs):
+    """The op's gradient list with du, ddelta and dz in their inputs' layouts, the others contiguous."""
+    return [scan_like(g, inputs[i]) if i in _LAID_OUT and inputs[i] is not None else g for i, g in enumerate(grads)]
 
 
 def selective_scan_fwd_reference(
@@ -24,7 +30,7 @@ def selective_scan_fwd_reference(
     y, final = selective_scan_naive(
         u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, state_offset, y_offset, seq_idx
     )
-    return y.contiguous(), final.contiguous()  # contiguous, as the fake says (see _common.fake_grads)
+    return scan_like(y, delta), final.contiguous()  # laid out as the fake says
 
 
 def selective_scan_bwd_reference(
@@ -33,9 +39,10 @@ def selective_scan_bwd_reference(
 ):
     """The backward as the vector-Jacobian product of the reference: the op's default implementation,
     and the fallback of the CUDA registration when the kernels cannot be built."""
-    tensors = dict(zip(_GRAD_NAMES, (u, delta, A, B, C, D, z, delta_bias, initial_state, state_offset, y_offset)))
-    return recompute_grads(selective_scan_naive, (dy, dfinal_state), tensors, delta_softplus=delta_softplus,
-                           seq_idx=seq_idx)
+    inputs = (u, delta, A, B, C, D, z, delta_bias, initial_state, state_offset, y_offset)
+    grads = recompute_grads(selective_scan_naive, (dy, dfinal_state), dict(zip(_GRAD_NAMES, inputs)),
+                            delta_softplus=delta_softplus, seq_idx=seq_idx)
+    return laid_out_grads(grads, inputs)
 
 
 @torch.library.custom_op("ssm_offset::selective_scan_fwd", mutates_args=())
@@ -51,7 +58,8 @@ def selective_scan_fwd(
 
 @selective_scan_fwd.register_fake
 def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, state_offset, y_offset, seq_idx=None):
-    return u.new_empty(u.shape), u.new_empty(u.shape[0], u.shape[1], A.shape[1], dtype=compute_dtype(u))
+    y = empty_scan_like(delta, u.dtype)
+    return y, u.new_empty(u.shape[0], u.shape[1], A.shape[1], dtype=compute_dtype(u))
 
 
 @torch.library.custom_op("ssm_offset::selective_scan_bwd", mutates_args=())
@@ -70,7 +78,8 @@ def selective_scan_bwd(
 @selective_scan_bwd.register_fake
 def _(dy, dfinal_state, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, state_offset, y_offset,
       seq_idx=None):
-    return fake_grads((u, delta, A, B, C, D, z, delta_bias, initial_state, state_offset, y_offset))
+    inputs = (u, delta, A, B, C, D, z, delta_bias, initial_state, state_offset, y_offset)
+    return laid_out_grads(fake_grads(inputs), inputs)
 
 
 def _setup_context(ctx, inputs, output):
@@ -85,7 +94,7 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, dy, dfinal_state):
     u, delta, A, B, C, D, z, delta_bias, initial_state, state_offset, y_offset = ctx.saved_tensors
     grads = selective_scan_bwd(
-        dy.contiguous(), dfinal_state, u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus,
+        dy, dfinal_state, u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus,
         initial_state, state_offset, y_offset, ctx.seq_idx,
     )
     needs = list(ctx.needs_input_grad)
