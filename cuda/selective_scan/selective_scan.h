@@ -48,6 +48,17 @@ struct ScanParams {
   // dD/dbias (dim), dh0/dhoff/dyoff shaped like their inputs
   float *dA, *dB, *dC, *dD, *dbias, *dh0, *dhoff, *dyoff;
   float *ckpt;  // workspace: the state at the start of every backward chunk
+  // Time split of the forward (few channels): nseg segments of seg_len steps, one grid slice (blockIdx.z) each.
+  // A summary pass writes each segment's end state from a zero start (seg_end) and Π exp(Δ A) since its last
+  // document restart (seg_decay; 0 where it restarts); a compose pass turns them into every segment's start state
+  // (seg_start; the first is the initial state); the output pass then runs each segment from its start. All three
+  // (batch, nseg, dim, nstate) fp32; nseg = 1 (no split) leaves them null.
+  int nseg, seg_len;
+  float *seg_end, *seg_decay, *seg_start;
+  // The backward splits the same way (its segments whole backward chunks): the forward's summary and compose give
+  // the segments' start states; adjoint_kernel each segment's adjoint at its start from a zero one at its end
+  // (adj_loc); compose_adjoint the adjoint each segment ends on (adj_end; the last one's is dfinal).
+  float *adj_loc, *adj_end;
 };
 
 struct StepParams {
@@ -69,6 +80,15 @@ void launch_bwd_f32(const ScanParams &p, cudaStream_t s);
 void launch_bwd_f16(const ScanParams &p, cudaStream_t s);
 void launch_bwd_bf16(const ScanParams &p, cudaStream_t s);
 void launch_step(const StepParams &p, int dtype, cudaStream_t s);
+// the time-split forward's middle pass: every segment's start state from the summaries (ScanParams::seg_*)
+void launch_compose(const ScanParams &p, cudaStream_t s);
+// the time-split backward's: every segment's end adjoint from the adjoint summaries (ScanParams::adj_*)
+void launch_compose_adjoint(const ScanParams &p, cudaStream_t s);
+
+// How many time segments the forward splits each row into (1: none): enough for the grid to fill the GPU's
+// multiprocessors when batch x channels alone cannot (SSM_OFFSET_SEGMENTS overrides; 1 disables).
+int fwd_segments(const ScanParams &p);
+int bwd_segments(const ScanParams &p);
 
 // Length of one backward chunk (the checkpoint interval) for a state size and batch x dim channels;
 // the caller sizes ckpt as (batch, ceil(len / chunk), dim, padded_state(...)) floats.

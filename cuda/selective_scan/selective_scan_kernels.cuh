@@ -93,6 +93,18 @@ __device__ __forceinline__ BlockPos block_pos(const ScanParams &p, int cpb) {
   return bp;
 }
 
+// Where a thread works: its block's rows, its channel c (d in the tensor) and its lane among the channel's LPC, and
+// the block's time segment [T0, T1) (blockIdx.z; the whole row without a time split).
+template <int CPB, int LPC>
+struct Place {
+  BlockPos bp;
+  int c, lane, d, seg, T0, T1;
+  bool active;
+  __device__ __forceinline__ explicit Place(const ScanParams &p)
+      : bp(block_pos(p, CPB)), c(threadIdx.x / LPC), lane(threadIdx.x % LPC), d(bp.d0 + c), seg(blockIdx.z),
+        T0(seg * p.seg_len), T1(min(p.len, T0 + p.seg_len)), active(c < bp.nrows) {}
+};
+
 // Sum over aligned groups of W consecutive lanes (W a power of two, all 32 lanes taking part).
 template <int W>
 __device__ __forceinline__ float lane_sum(float v) {
@@ -227,9 +239,13 @@ template <typename T, int CPB, int TT, int NPAD, bool WITH_C, bool GRAD, bool TM
 struct Staged {
   static constexpr int kRow = (CPB * TT + kThreads - 1) / kThreads;
   static constexpr int kSt = (NPAD * TT + kThreads - 1) / kThreads;
-  T u[kRow], dl[kRow], z[GRAD ? kRow : 1], go[GRAD ? kRow : 1];
-  T B[kSt], C[WITH_C ? kSt : 1];
-  int seq, seq_prev;
+  // Tiles are staged in registers only where they are small (4 elements a thread: N <= 16, 32 channels a block,
+  // the usual chunk lengths); larger ones would spill, and commit reads them from global memory instead
+  static constexpr bool kStageRows = kRow <= 4, kStageBC = kSt <= 4;
+  static constexpr int kR = kStageRows ? kRow : 1;
+  T u[kR], dl[kR], z[GRAD ? kR : 1], go[GRAD ? kR : 1];
+  T B[kStageBC ? kSt : 1], C[kStageBC && WITH_C ? kSt : 1];
+  int seq, seq_prev, t0_;
 
   // one element of a (channel, t) tensor from its block row, zero outside the block's channels and the chunk
   template <bool TMT>
@@ -246,25 +262,33 @@ struct Staged {
     return ok ? bg[TM ? (t0 + q.t) * s.ld + q.r : q.r * s.ld + t0 + q.t] : from_f<T>(0.f);
   }
 
-  __device__ __forceinline__ void fetch(const ScanParams &p, const BlockPos &bp, int t0, int tl) {
-    const T *ru = row_ptr<false, const T>(p.u, p.su, bp), *rd = row_ptr<TM, const T>(p.delta, p.sdelta, bp);
-#pragma unroll
-    for (int j = 0; j < kRow; ++j) {
-      const int i = threadIdx.x + j * kThreads;
-      u[j] = row_at<false>(ru, p.su, bp, i, t0, tl);
-      dl[j] = row_at<TM>(rd, p.sdelta, bp, i, t0, tl);
-      if constexpr (GRAD) {
-        z[j] = p.z ? row_at<TM>(row_ptr<TM, const T>(p.z, p.sz, bp), p.sz, bp, i, t0, tl) : from_f<T>(0.f);
-        go[j] = row_at<TM>(row_ptr<TM, const T>(p.dout, p.sdout, bp), p.sdout, bp, i, t0, tl);
-      }
+  // element j of this thread's share of the (channel, t) tiles: u, delta, and for the backward z and dout
+  __device__ __forceinline__ static void load_rows(int j, const ScanParams &p, const BlockPos &bp, int t0, int tl,
+                                                   T &u_, T &dl_, T &z_, T &go_) {
+    const int i = threadIdx.x + j * kThreads;
+    u_ = row_at<false>(row_ptr<false, const T>(p.u, p.su, bp), p.su, bp, i, t0, tl);
+    dl_ = row_at<TM>(row_ptr<TM, const T>(p.delta, p.sdelta, bp), p.sdelta, bp, i, t0, tl);
+    if constexpr (GRAD) {
+      z_ = p.z ? row_at<TM>(row_ptr<TM, const T>(p.z, p.sz, bp), p.sz, bp, i, t0, tl) : from_f<T>(0.f);
+      go_ = row_at<TM>(row_ptr<TM, const T>(p.dout, p.sdout, bp), p.sdout, bp, i, t0, tl);
     }
-    const T *bB = static_cast<const T *>(p.B) + bp.b * p.sB.b + bp.g * p.sB.g;
-    const T *bC = static_cast<const T *>(p.C) + bp.b * p.sC.b + bp.g * p.sC.g;
+  }
+
+  __device__ __forceinline__ void fetch(const ScanParams &p, const BlockPos &bp, int t0, int tl) {
+    t0_ = t0;
+    if constexpr (kStageRows) {
 #pragma unroll
-    for (int j = 0; j < kSt; ++j) {
-      const int i = threadIdx.x + j * kThreads;
-      B[j] = state_at(bB, p.sB, p.nstate, i, t0, tl);
-      if constexpr (WITH_C) C[j] = state_at(bC, p.sC, p.nstate, i, t0, tl);
+      for (int j = 0; j < kRow; ++j) load_rows(j, p, bp, t0, tl, u[j], dl[j], z[GRAD ? j : 0], go[GRAD ? j : 0]);
+    }
+    if constexpr (kStageBC) {
+      const T *bB = static_cast<const T *>(p.B) + bp.b * p.sB.b + bp.g * p.sB.g;
+      const T *bC = static_cast<const T *>(p.C) + bp.b * p.sC.b + bp.g * p.sC.g;
+#pragma unroll
+      for (int j = 0; j < kSt; ++j) {
+        const int i = threadIdx.x + j * kThreads;
+        B[j] = state_at(bB, p.sB, p.nstate, i, t0, tl);
+        if constexpr (WITH_C) C[j] = state_at(bC, p.sC, p.nstate, i, t0, tl);
+      }
     }
     if (p.seq_idx && threadIdx.x < TT) {
       const int t = threadIdx.x;
@@ -281,53 +305,71 @@ struct Staged {
     for (int j = 0; j < kRow; ++j) {
       const int i = threadIdx.x + j * kThreads;
       if (i < CPB * TT) {
+        T u_, dl_, z_ = from_f<T>(0.f), go_ = from_f<T>(0.f);
+        if constexpr (kStageRows) {
+          u_ = u[j], dl_ = dl[j], z_ = z[GRAD ? j : 0], go_ = go[GRAD ? j : 0];
+        } else {
+          load_rows(j, p, bp, t0_, tl, u_, dl_, z_, go_);
+        }
         const TilePos<CPB, TT, false> qu(i);
         const TilePos<CPB, TT, TM> qd(i);
-        s.u[qu.r][qu.t] = to_f(u[j]);
+        s.u[qu.r][qu.t] = to_f(u_);
         float dt = 0.f, dsp = 0.f;
         if (qd.r < bp.nrows && qd.t < tl) {
-          const float x = to_f(dl[j]) + ch.bias[qd.r];
+          const float x = to_f(dl_) + ch.bias[qd.r];
           dt = p.softplus ? softplus(x) : x;
           dsp = (!p.softplus || x > 20.f) ? 1.f : sigmoid(x);
         }
         s.dt[qd.r][qd.t] = dt;
         if constexpr (GRAD) {
           s.dsp[qd.r][qd.t] = dsp;
-          s.z[qd.r][qd.t] = to_f(z[j]);
-          s.go[qd.r][qd.t] = to_f(go[j]);
+          s.z[qd.r][qd.t] = to_f(z_);
+          s.go[qd.r][qd.t] = to_f(go_);
         }
       }
     }
+    const T *bB = static_cast<const T *>(p.B) + bp.b * p.sB.b + bp.g * p.sB.g;
+    const T *bC = static_cast<const T *>(p.C) + bp.b * p.sC.b + bp.g * p.sC.g;
 #pragma unroll
     for (int j = 0; j < kSt; ++j) {
       const int i = threadIdx.x + j * kThreads;
       if (i < NPAD * TT) {
         const TilePos<NPAD, TT, TM> q(i);
-        s.B[q.t][q.r] = to_f(B[j]);
-        if constexpr (WITH_C) s.C[q.t][q.r] = to_f(C[j]);
+        if constexpr (kStageBC) {
+          s.B[q.t][q.r] = to_f(B[j]);
+          if constexpr (WITH_C) s.C[q.t][q.r] = to_f(C[j]);
+        } else {
+          s.B[q.t][q.r] = to_f(state_at(bB, p.sB, p.nstate, i, t0_, tl));
+          if constexpr (WITH_C) s.C[q.t][q.r] = to_f(state_at(bC, p.sC, p.nstate, i, t0_, tl));
+        }
       }
     }
     if (p.seq_idx && threadIdx.x < TT) s.rst[threadIdx.x] = threadIdx.x < tl && seq != seq_prev;
   }
 };
 
-template <typename T, int NPT, int LPC, bool TM>
+// One segment of every row per blockIdx.z (the whole row without a time split). SUMMARY: from a zero start, no
+// output; the segment's end state and decay product for compose_kernel. Otherwise from the segment's start state
+// (the initial state for the first), writing y, and the final state from the last segment.
+template <typename T, int NPT, int LPC, bool TM, bool SUMMARY>
 __global__ void __launch_bounds__(kThreads, Cfg<NPT, LPC>::kFwdMinBlocks) fwd_kernel(ScanParams p) {
   using K = Cfg<NPT, LPC>;
   constexpr int CPB = K::kCpb, NPAD = K::kNpad, TF = K::kTf, BS = K::kBs;
-  __shared__ Tile<CPB, TF, BS, true, false> s;
+  __shared__ Tile<CPB, TF, BS, !SUMMARY, false> s;
   __shared__ Chan<CPB> ch;
-  __shared__ float s_y[CPB][TF + 1];
+  __shared__ float s_y[SUMMARY ? 1 : CPB][TF + 1];
 
-  const BlockPos bp = block_pos(p, CPB);
-  const int c = threadIdx.x / LPC, lane = threadIdx.x % LPC;
-  const int d = bp.d0 + c;
-  const bool active = c < bp.nrows;
-  const int N = p.nstate, L = p.len;
-  const float *h0row = (active && p.h0) ? p.h0 + bp.b * p.h0_bstride + (long long)d * N : nullptr;
+  const Place<CPB, LPC> w(p);
+  const BlockPos &bp = w.bp;
+  const int c = w.c, lane = w.lane, d = w.d, N = p.nstate, seg = w.seg, T0 = w.T0, T1 = w.T1;
+  const bool active = w.active;
+  // this channel's rows in seg_* and in the initial state: recomputed where used, since registers are what the
+  // forward runs short of (kept live, they pushed the staged loads into local memory)
+  auto seg_row = [&] { return (((long long)bp.b * p.nseg + seg) * p.dim + d) * N; };
+  auto h0row = [&] { return (active && p.h0) ? p.h0 + bp.b * p.h0_bstride + (long long)d * N : nullptr; };
 
-  float A2[NPT], h[NPT], ho[NPT];
-  load_state<NPT>(h, h0row, lane, N);
+  float A2[NPT], h[NPT], ho[NPT], decay[NPT];
+  load_state<NPT>(h, SUMMARY ? nullptr : (active && p.seg_start) ? p.seg_start + seg_row() : h0row(), lane, N);
 #pragma unroll
   for (int k = 0; k < NPT; ++k) {
     const int n = lane * NPT + k;
@@ -335,55 +377,78 @@ __global__ void __launch_bounds__(kThreads, Cfg<NPT, LPC>::kFwdMinBlocks) fwd_ke
     const long long dn = (long long)d * N + n;
     A2[k] = ok ? p.A[dn] * kLog2e : 0.f;
     ho[k] = (ok && p.hoff) ? p.hoff[bp.b * p.hoff_bstride + dn] : 0.f;
+    decay[k] = 1.f;
   }
   ch.load(p, bp);
-  Staged<T, CPB, TF, NPAD, true, false, TM> st;
-  st.fetch(p, bp, 0, min(TF, L));
+  Staged<T, CPB, TF, NPAD, !SUMMARY, false, TM> st;
+  st.fetch(p, bp, T0, min(TF, T1 - T0));
   __syncthreads();
 
-  for (int t0 = 0; t0 < L; t0 += TF) {
-    const int tl = min(TF, L - t0);
+  for (int t0 = T0; t0 < T1; t0 += TF) {
+    const int tl = min(TF, T1 - t0);
     st.commit(s, ch, p, bp, tl);
     __syncthreads();
-    if (t0 + TF < L) st.fetch(p, bp, t0 + TF, min(TF, L - t0 - TF));
+    if (t0 + TF < T1) st.fetch(p, bp, t0 + TF, min(TF, T1 - t0 - TF));
 #pragma unroll kFwdUnroll
     for (int t = 0; t < tl; ++t) {
-      if (p.seq_idx && s.rst[t]) load_state<NPT>(h, h0row, lane, N);  // uniform over the block: one batch row
+      if (p.seq_idx && s.rst[t]) {  // uniform over the block: one batch row
+        load_state<NPT>(h, h0row(), lane, N);
+#pragma unroll
+        for (int k = 0; k < NPT; ++k) decay[k] = 0.f;  // what came before the restart no longer reaches h
+      }
       const float dt = s.dt[c][t];
       const float du = dt * s.u[c][t];
-      float Bv[NPT], Cv[NPT];
+      float Bv[NPT];
       load_vec<NPT>(Bv, &s.B[t][lane * NPT]);
-      load_vec<NPT>(Cv, &s.C[t][lane * NPT]);
-      float acc = 0.f;
+      if constexpr (SUMMARY) {
 #pragma unroll
-      for (int k = 0; k < NPT; ++k) {
-        h[k] = exp2f(dt * A2[k]) * h[k] + du * Bv[k];
-        acc += Cv[k] * (h[k] + ho[k]);
-      }
-      acc = lane_sum<LPC>(acc);
-      if (lane == 0) s_y[c][t] = acc;
-    }
-    __syncthreads();
-    const T *z = p.z ? row_ptr<TM, const T>(p.z, p.sz, bp) : nullptr;
-    T *y = row_ptr<TM, T>(p.y, p.sy, bp);
-    for (int i = threadIdx.x; i < CPB * TF; i += kThreads) {
-      const TilePos<CPB, TF, TM> q(i);
-      if (q.r < bp.nrows && q.t < tl) {
-        float v = s_y[q.r][q.t] + ch.D[q.r] * s.u[q.r][q.t] + ch.yoff[q.r];
-        if (z) {
-          const float zz = to_f(z[row_off<TM>(p.sz, q.r, t0 + q.t)]);
-          v *= zz * sigmoid(zz);
+        for (int k = 0; k < NPT; ++k) {
+          const float a = exp2f(dt * A2[k]);
+          h[k] = a * h[k] + du * Bv[k];
+          decay[k] *= a;
         }
-        y[row_off<TM>(p.sy, q.r, t0 + q.t)] = from_f<T>(v);
+      } else {
+        float Cv[NPT];
+        load_vec<NPT>(Cv, &s.C[t][lane * NPT]);
+        float acc = 0.f;
+#pragma unroll
+        for (int k = 0; k < NPT; ++k) {
+          h[k] = exp2f(dt * A2[k]) * h[k] + du * Bv[k];
+          acc += Cv[k] * (h[k] + ho[k]);
+        }
+        acc = lane_sum<LPC>(acc);
+        if (lane == 0) s_y[c][t] = acc;
       }
     }
     __syncthreads();
+    if constexpr (!SUMMARY) {
+      const T *z = p.z ? row_ptr<TM, const T>(p.z, p.sz, bp) : nullptr;
+      T *y = row_ptr<TM, T>(p.y, p.sy, bp);
+      for (int i = threadIdx.x; i < CPB * TF; i += kThreads) {
+        const TilePos<CPB, TF, TM> q(i);
+        if (q.r < bp.nrows && q.t < tl) {
+          float v = s_y[q.r][q.t] + ch.D[q.r] * s.u[q.r][q.t] + ch.yoff[q.r];
+          if (z) {
+            const float zz = to_f(z[row_off<TM>(p.sz, q.r, t0 + q.t)]);
+            v *= zz * sigmoid(zz);
+          }
+          y[row_off<TM>(p.sy, q.r, t0 + q.t)] = from_f<T>(v);
+        }
+      }
+      __syncthreads();
+    }
   }
   if (active) {
 #pragma unroll
     for (int k = 0; k < NPT; ++k) {
       const int n = lane * NPT + k;
-      if (n < N) p.final_state[((long long)bp.b * p.dim + d) * N + n] = h[k];
+      if (n >= N) continue;
+      if constexpr (SUMMARY) {
+        p.seg_end[seg_row() + n] = h[k];
+        p.seg_decay[seg_row() + n] = decay[k];
+      } else if (seg == p.nseg - 1) {
+        p.final_state[((long long)bp.b * p.dim + d) * N + n] = h[k];
+      }
     }
   }
 }
@@ -403,12 +468,15 @@ __global__ void __launch_bounds__(kThreads, Cfg<NPT, LPC>::kBwdMinBlocks) bwd_ke
   __shared__ float s_part[kSlices ? kWarps : 1][kSlices ? TB : 1][2 * NPAD];
   __shared__ float s_accD[CPB], s_accY[CPB], s_accBias[CPB];
 
-  const BlockPos bp = block_pos(p, CPB);
-  const int c = threadIdx.x / LPC, lane = threadIdx.x % LPC, warp = threadIdx.x / 32;
-  const int d = bp.d0 + c;
-  const bool active = c < bp.nrows;
-  const int N = p.nstate, L = p.len;
+  const Place<CPB, LPC> w(p);
+  const BlockPos &bp = w.bp;
+  const int c = w.c, lane = w.lane, d = w.d, N = p.nstate, L = p.len, seg = w.seg, T1 = w.T1;
+  const int warp = threadIdx.x / 32;
+  const bool active = w.active;
   const int nch = (L + TB - 1) / TB;
+  // the first and last chunk of this block's segment (segments are whole chunks but for the row's last)
+  const int c0 = w.T0 / TB, c1 = (T1 + TB - 1) / TB - 1;
+  const long long seg_row = (((long long)bp.b * p.nseg + seg) * p.dim + d) * N;
   const long long dn0 = (long long)d * N;
   const float *h0row = (active && p.h0) ? p.h0 + bp.b * p.h0_bstride + dn0 : nullptr;
   float *dh0row = (active && p.dh0) ? p.dh0 + bp.b * p.h0_bstride + dn0 : nullptr;
@@ -417,14 +485,16 @@ __global__ void __launch_bounds__(kThreads, Cfg<NPT, LPC>::kBwdMinBlocks) bwd_ke
   ch.load(p, bp);
 
   float A2[NPT], h[NPT], ho[NPT], G[NPT], dAacc[NPT], dho[NPT];
-  load_state<NPT>(h, h0row, lane, N);
+  // with a time split, the segment starts from its composed start state and ends on its composed adjoint
+  load_state<NPT>(h, (active && p.seg_start) ? p.seg_start + seg_row : h0row, lane, N);
+  load_state<NPT>(G, !active ? nullptr : p.adj_end ? p.adj_end + seg_row
+                                     : p.dfinal ? p.dfinal + ((long long)bp.b * p.dim + d) * N : nullptr, lane, N);
 #pragma unroll
   for (int k = 0; k < NPT; ++k) {
     const int n = lane * NPT + k;
     const bool ok = active && n < N;
     A2[k] = ok ? p.A[dn0 + n] * kLog2e : 0.f;
     ho[k] = (ok && p.hoff) ? p.hoff[bp.b * p.hoff_bstride + dn0 + n] : 0.f;
-    G[k] = (ok && p.dfinal) ? p.dfinal[((long long)bp.b * p.dim + d) * N + n] : 0.f;
     dAacc[k] = 0.f;
     dho[k] = 0.f;
   }
@@ -436,15 +506,15 @@ __global__ void __launch_bounds__(kThreads, Cfg<NPT, LPC>::kBwdMinBlocks) bwd_ke
   // 1. replay the recurrence to checkpoint the state at every chunk start (every chunk but the last is whole)
   {
     Staged<T, CPB, TB, NPAD, false, false, TM> st;
-    if (nch > 1) st.fetch(p, bp, 0, TB);
+    if (c1 > c0) st.fetch(p, bp, c0 * TB, TB);
     __syncthreads();
-    for (int kc = 0; kc < nch; ++kc) {
+    for (int kc = c0; kc <= c1; ++kc) {
       if (active) store_vec<NPT>(ck + kc * ck_stride, h);
-      if (kc == nch - 1) break;
+      if (kc == c1) break;
       auto &r = reinterpret_cast<Tile<CPB, TB, BS, false, false> &>(s);  // a smaller tile in the same memory
       st.commit(r, ch, p, bp, TB);
       __syncthreads();
-      if (kc + 1 < nch - 1) st.fetch(p, bp, (kc + 1) * TB, TB);
+      if (kc + 1 < c1) st.fetch(p, bp, (kc + 1) * TB, TB);
 #pragma unroll
       for (int t = 0; t < TB; ++t) {
         if (p.seq_idx && r.rst[t]) load_state<NPT>(h, h0row, lane, N);
@@ -464,19 +534,16 @@ __global__ void __launch_bounds__(kThreads, Cfg<NPT, LPC>::kBwdMinBlocks) bwd_ke
   float hck[NPT];
 #pragma unroll
   for (int k = 0; k < NPT; ++k) hck[k] = 0.f;
-  {
-    const int t0 = (nch - 1) * TB;
-    st.fetch(p, bp, t0, L - t0);
-    if (active) load_vec<NPT>(hck, ck + (nch - 1) * ck_stride);
-  }
-  for (int kc = nch - 1; kc >= 0; --kc) {
+  st.fetch(p, bp, c1 * TB, T1 - c1 * TB);
+  if (active) load_vec<NPT>(hck, ck + c1 * ck_stride);
+  for (int kc = c1; kc >= c0; --kc) {
     const int t0 = kc * TB;
-    const int tl = min(TB, L - t0);
+    const int tl = min(TB, T1 - t0);
     st.commit(s, ch, p, bp, tl);
 #pragma unroll
     for (int k = 0; k < NPT; ++k) h[k] = hck[k];
     __syncthreads();
-    if (kc > 0) {
+    if (kc > c0) {
       st.fetch(p, bp, t0 - TB, TB);
       if (active) load_vec<NPT>(hck, ck + (kc - 1) * ck_stride);
     }
@@ -637,7 +704,7 @@ __global__ void __launch_bounds__(kThreads, Cfg<NPT, LPC>::kBwdMinBlocks) bwd_ke
       const int n = lane * NPT + k;
       if (n < N) {
         atomicAdd(p.dA + dn0 + n, dAacc[k]);
-        if (dh0row) atomicAdd(dh0row + n, G[k]);
+        if (dh0row && seg == 0) atomicAdd(dh0row + n, G[k]);  // later segments' G went into adj_end
         if (p.dhoff) atomicAdd(p.dhoff + bp.b * p.hoff_bstride + dn0 + n, dho[k]);
       }
     }
@@ -648,6 +715,71 @@ __global__ void __launch_bounds__(kThreads, Cfg<NPT, LPC>::kBwdMinBlocks) bwd_ke
     if (p.dD) atomicAdd(p.dD + dr, s_accD[r]);
     if (p.dyoff) atomicAdd(p.dyoff + bp.b * p.yoff_bstride + dr, s_accY[r]);
     if (p.dbias) atomicAdd(p.dbias + dr, s_accBias[r]);
+  }
+}
+
+// The backward's time split: each segment's adjoint at its start from a zero adjoint at its end, g_{t-1} =
+// exp(Δ_t A) (g_t + dy_t C_t) (nothing crosses a document restart), for compose_adjoint in step.cu. It needs no
+// state h, so it is a light pass: dy before the gate and C, per chunk in reverse.
+template <typename T, int NPT, int LPC, bool TM>
+__global__ void __launch_bounds__(kThreads, Cfg<NPT, LPC>::kBwdMinBlocks) adjoint_kernel(ScanParams p) {
+  using K = Cfg<NPT, LPC>;
+  constexpr int CPB = K::kCpb, NPAD = K::kNpad, TB = K::kTb, BS = K::kBs;
+  __shared__ Tile<CPB, TB, BS, true, true> s;
+  __shared__ Chan<CPB> ch;
+  __shared__ float s_dy[CPB][TB + 1];
+
+  const Place<CPB, LPC> w(p);
+  const BlockPos &bp = w.bp;
+  const int c = w.c, lane = w.lane, d = w.d, N = p.nstate, seg = w.seg, T0 = w.T0, T1 = w.T1;
+  const bool active = w.active;
+  float A2[NPT], G[NPT];
+#pragma unroll
+  for (int k = 0; k < NPT; ++k) {
+    const int n = lane * NPT + k;
+    A2[k] = (active && n < N) ? p.A[(long long)d * N + n] * kLog2e : 0.f;
+    G[k] = 0.f;
+  }
+  ch.load(p, bp);
+  Staged<T, CPB, TB, NPAD, true, true, TM> st;
+  for (int kc = (T1 + TB - 1) / TB - 1; kc >= T0 / TB; --kc) {
+    const int t0 = kc * TB, tl = min(TB, T1 - t0);
+    __syncthreads();  // the previous chunk's reads are done
+    st.fetch(p, bp, t0, tl);
+    st.commit(s, ch, p, bp, tl);
+    __syncthreads();
+    for (int i = threadIdx.x; i < CPB * TB; i += kThreads) {
+      const TilePos<CPB, TB, TM> q(i);
+      float dy = 0.f;
+      if (q.r < bp.nrows && q.t < tl) {
+        dy = s.go[q.r][q.t];
+        if (p.z) dy *= s.z[q.r][q.t] * sigmoid(s.z[q.r][q.t]);
+      }
+      s_dy[q.r][q.t] = dy;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int t = TB - 1; t >= 0; --t) {
+      if (t < tl) {
+        const float dt = s.dt[c][t], dy = s_dy[c][t];
+        float Cv[NPT];
+        load_vec<NPT>(Cv, &s.C[t][lane * NPT]);
+#pragma unroll
+        for (int k = 0; k < NPT; ++k) G[k] = exp2f(dt * A2[k]) * (G[k] + dy * Cv[k]);
+        if (p.seq_idx && s.rst[t]) {
+#pragma unroll
+          for (int k = 0; k < NPT; ++k) G[k] = 0.f;
+        }
+      }
+    }
+  }
+  if (active) {
+    const long long row = (((long long)bp.b * p.nseg + seg) * p.dim + d) * N;
+#pragma unroll
+    for (int k = 0; k < NPT; ++k) {
+      const int n = lane * NPT + k;
+      if (n < N) p.adj_loc[row + n] = G[k];
+    }
   }
 }
 
@@ -693,9 +825,11 @@ inline dim3 scan_grid(const ScanParams &p) {
 
 // (NPT, LPC) by state size: 4 states per lane up to 128 states, 8 beyond; LPC lanes cover them.
 // Few channels (batch x D below a threshold) leave most of the GPU idle with 4 states per lane: then (NARROW)
-// one state per lane, 16 lanes per channel, for up to 16 states. Thresholds measured on an H100 at N = 16, L 1024-
-// 8192 (benches/gpu/scan_layout.py, benches/results/scan-layout-h100.md): the forward is faster narrow below
-// 12,288 channels, the backward below 8,192. SSM_OFFSET_{FWD,BWD}_NARROW_BELOW (channels) move them.
+// one state per lane, 16 lanes per channel, for up to 16 states. It was faster below 12,288 channels (forward) and
+// 8,192 (backward) on an H100 (benches/results/scan-layout-h100.md) until the kernels split time into segments
+// where channels are few; since then 4 states per lane with the split is faster at every size measured
+// (benches/results/kernels-h100-staging.md), so the thresholds are 0. SSM_OFFSET_{FWD,BWD}_NARROW_BELOW
+// (channels) set them, to measure the narrow layout again.
 #define SSM_OFFSET_DISPATCH_NSTATE(N, NARROW, ...)                 \
   if ((N) <= 16 && (N) > 4 && (NARROW)) { constexpr int NPT = 1, LPC = 16; __VA_ARGS__; } \
   else if ((N) <= 4) { constexpr int NPT = 4, LPC = 1; __VA_ARGS__; }       \
@@ -707,26 +841,59 @@ inline dim3 scan_grid(const ScanParams &p) {
   else { constexpr int NPT = 8, LPC = 32; __VA_ARGS__; }
 
 inline int narrow_below(bool backward) {
-  static const int fwd = [] { const char *e = std::getenv("SSM_OFFSET_FWD_NARROW_BELOW"); return e ? std::atoi(e) : 12288; }();
-  static const int bwd = [] { const char *e = std::getenv("SSM_OFFSET_BWD_NARROW_BELOW"); return e ? std::atoi(e) : 8192; }();
+  static const int fwd = [] { const char *e = std::getenv("SSM_OFFSET_FWD_NARROW_BELOW"); return e ? std::atoi(e) : 0; }();
+  static const int bwd = [] { const char *e = std::getenv("SSM_OFFSET_BWD_NARROW_BELOW"); return e ? std::atoi(e) : 0; }();
   return backward ? bwd : fwd;
+}
+
+template <typename T, int NPT, int LPC, bool TM>
+void launch_fwd_layout(const ScanParams &p, cudaStream_t s) {
+  dim3 grid = scan_grid<Cfg<NPT, LPC>::kCpb>(p);
+  grid.z = p.nseg;
+  if (p.nseg > 1) {
+    fwd_kernel<T, NPT, LPC, TM, true><<<grid, kThreads, 0, s>>>(p);
+    launch_compose(p, s);
+  }
+  fwd_kernel<T, NPT, LPC, TM, false><<<grid, kThreads, 0, s>>>(p);
 }
 
 template <typename T>
 void launch_fwd(const ScanParams &p, cudaStream_t s) {
   SSM_OFFSET_DISPATCH_NSTATE(p.nstate, p.batch * p.dim < narrow_below(false), {
-    const dim3 grid = scan_grid<Cfg<NPT, LPC>::kCpb>(p);
-    if (p.time_major) fwd_kernel<T, NPT, LPC, true><<<grid, kThreads, 0, s>>>(p);
-    else fwd_kernel<T, NPT, LPC, false><<<grid, kThreads, 0, s>>>(p);
+    if (p.time_major) launch_fwd_layout<T, NPT, LPC, true>(p, s);
+    else launch_fwd_layout<T, NPT, LPC, false>(p, s);
   })
+}
+
+// The forward's summary and compose passes alone: the time-split backward's segment start states.
+template <typename T>
+void launch_segment_starts(const ScanParams &p, cudaStream_t s) {
+  SSM_OFFSET_DISPATCH_NSTATE(p.nstate, p.batch * p.dim < narrow_below(false), {
+    dim3 grid = scan_grid<Cfg<NPT, LPC>::kCpb>(p);
+    grid.z = p.nseg;
+    if (p.time_major) fwd_kernel<T, NPT, LPC, true, true><<<grid, kThreads, 0, s>>>(p);
+    else fwd_kernel<T, NPT, LPC, false, true><<<grid, kThreads, 0, s>>>(p);
+    launch_compose(p, s);
+  })
+}
+
+template <typename T, int NPT, int LPC, bool TM>
+void launch_bwd_layout(const ScanParams &p, cudaStream_t s) {
+  dim3 grid = scan_grid<Cfg<NPT, LPC>::kCpb>(p);
+  grid.z = p.nseg;
+  if (p.nseg > 1) {
+    launch_segment_starts<T>(p, s);
+    adjoint_kernel<T, NPT, LPC, TM><<<grid, kThreads, 0, s>>>(p);
+    launch_compose_adjoint(p, s);
+  }
+  bwd_kernel<T, NPT, LPC, TM><<<grid, kThreads, 0, s>>>(p);
 }
 
 template <typename T>
 void launch_bwd(const ScanParams &p, cudaStream_t s) {
   SSM_OFFSET_DISPATCH_NSTATE(p.nstate, p.batch * p.dim < narrow_below(true), {
-    const dim3 grid = scan_grid<Cfg<NPT, LPC>::kCpb>(p);
-    if (p.time_major) bwd_kernel<T, NPT, LPC, true><<<grid, kThreads, 0, s>>>(p);
-    else bwd_kernel<T, NPT, LPC, false><<<grid, kThreads, 0, s>>>(p);
+    if (p.time_major) launch_bwd_layout<T, NPT, LPC, true>(p, s);
+    else launch_bwd_layout<T, NPT, LPC, false>(p, s);
   })
 }
 
