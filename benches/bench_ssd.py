@@ -54,6 +54,19 @@ def make_inputs(grad):
     return t
 
 
+def fwd_bwd(fn):
+    """One forward+backward of an arm on fresh inputs that require grad, as a closure (inputs held by it)."""
+    t = make_inputs(True)
+    dy = torch.randn(SHAPE[:4], dtype=torch.bfloat16, device="cuda")
+
+    def fb():
+        for v in t.values():
+            v.grad = None
+        fn(t).backward(dy)
+
+    return fb
+
+
 def arms():
     from ssm_offset.ops.ssd import kernel as ssd_kernel, ssd_scan
 
@@ -105,14 +118,7 @@ def main(argv=None):
         with torch.no_grad():
             fwd = bench(lambda: fn(t))
         del t
-        t = make_inputs(True)
-        dy = torch.randn(SHAPE[:4], dtype=torch.bfloat16, device="cuda")
-
-        def fb():
-            for v in t.values():
-                v.grad = None
-            fn(t).backward(dy)
-
+        fb = fwd_bwd(fn)
         fb()
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
@@ -123,7 +129,7 @@ def main(argv=None):
         fwdbwd = bench(fb, warmup=20, rep=200)
         rows.append(dict(arm=name, fwd_ms=fwd, fwdbwd_ms=fwdbwd, peak_extra_mb=peak))
         print(f"{name:40s} fwd {fwd:7.3f} ms   fwd+bwd {fwdbwd:7.3f} ms   peak extra {peak:7.0f} MB", flush=True)
-        del t, dy
+        del fb
     plain = {r["arm"]: r for r in rows}["mamba_ssm plain"]
     for r in rows:
         r["fwd_vs_mamba_plain"] = r["fwd_ms"] / plain["fwd_ms"]
