@@ -252,6 +252,26 @@ def test_compiled_scan_on_time_major_views_matches_eager():
         torch.testing.assert_close(runs[1][1][k], runs[0][1][k], msg=k)
 
 
+def test_kernel_layouts_pass_mixer_views_through_and_convert_the_rest():
+    """What the CUDA binding is handed (ops.kernels._laid_out): the mixer's time-major views and contiguous tensors
+    go through as they are (no copy), a tensor laid out the other way is copied into the layout asked for."""
+    from ssm_offset.ops._common import time_major
+    from ssm_offset.ops.kernels import _laid_out
+
+    x = _time_major_inputs(2, 6, 9, 3, torch.Generator().manual_seed(12))
+    delta, z, B = x["delta"], x["z"], x["B"].unsqueeze(1)  # B as the kernels take it: (batch, groups, N, L)
+    assert time_major(delta) and time_major(z) and not time_major(x["u"])
+    for t in (delta, z, B):
+        assert _laid_out(t, True).data_ptr() == t.data_ptr()
+    assert _laid_out(x["u"], False).data_ptr() == x["u"].data_ptr()
+    for t, tm in ((x["u"], True), (delta, False), (z, False), (B, False)):
+        out = _laid_out(t, tm)
+        assert out.data_ptr() != t.data_ptr() and torch.equal(out, t)
+        inner = out.dim() - 2 if tm else out.dim() - 1
+        assert out.stride(inner) == 1, (tm, out.stride())
+    assert _laid_out(None, True) is None
+
+
 def test_bf16_inputs_accumulate_in_fp32():
     x = s6_inputs(1, 4, 16, 4, None, torch.Generator().manual_seed(9), dtype=torch.float32)
     y32, f32 = selective_scan(**x, delta_softplus=True, return_final_state=True)
