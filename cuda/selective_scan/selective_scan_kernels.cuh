@@ -6,7 +6,8 @@
 // Layout: a block of 128 threads owns CPB channels of one batch row (all in one B/C group). Each
 // channel is served by LPC consecutive lanes, each lane keeping NPT states in registers, so the
 // recurrence runs sequentially in time per thread with no scan primitive at all: batch x channels x
-// states gives far more independent recurrences than the GPU has threads. Time is cut into chunks;
+// states usually gives more independent recurrences than the GPU has threads; where it does not, each row
+// is split into time segments composed through their end states (ScanParams::nseg). Time is cut into chunks;
 // per chunk the block stages u, Δ (softplus applied once per (channel, t)) and B, C (shared by the
 // block's channels) in shared memory, runs the recurrence, and writes y with coalesced stores. The
 // next chunk's loads are issued into registers before the current chunk's recurrence runs (Staged).
