@@ -68,6 +68,29 @@ ssm_offset::Strides strides(const Tensor &t, bool time_major, const char *name) 
   return {t.stride(0), lead(t, time_major, name)};
 }
 
+// The time split (ScanParams::nseg) into about `want` segments of whole `chunk`s, none empty, and its workspace:
+// the summaries' (batch, nseg, dim, nstate) fp32 arrays, with the adjoint's two more for the backward.
+// Without a split (want <= 1) one segment spans the row and nothing is allocated.
+Tensor split_time(ssm_offset::ScanParams &p, int want, int chunk, bool backward, const at::TensorOptions &f32) {
+  p.nseg = 1;
+  p.seg_len = p.len;
+  if (want <= 1) return Tensor();
+  const int len = ((p.len + want - 1) / want + chunk - 1) / chunk * chunk;
+  const int nseg = (p.len + len - 1) / len;
+  if (nseg <= 1) return Tensor();
+  p.nseg = nseg;
+  p.seg_len = len;
+  Tensor seg = at::empty({backward ? 5 : 3, p.batch, p.nseg, p.dim, p.nstate}, f32);
+  p.seg_end = seg[0].data_ptr<float>();
+  p.seg_decay = seg[1].data_ptr<float>();
+  p.seg_start = seg[2].data_ptr<float>();
+  if (backward) {
+    p.adj_loc = seg[3].data_ptr<float>();
+    p.adj_end = seg[4].data_ptr<float>();
+  }
+  return seg;
+}
+
 Opt zeros_like_opt(const Opt &t) {
   return has(t) ? Opt(at::zeros(t->sizes(), t->options().dtype(at::kFloat))) : Opt();
 }
@@ -145,16 +168,7 @@ std::tuple<Tensor, Tensor> fwd(const Tensor &u, const Tensor &delta, const Tenso
   p.y = y.data_ptr();
   p.final_state = final_state.data_ptr<float>();
   if (p.len == 0 || p.batch == 0 || p.dim == 0) return {y, final_state};
-  p.nseg = ssm_offset::fwd_segments(p);
-  p.seg_len = p.nseg > 1 ? (p.len + p.nseg - 1) / p.nseg : p.len;
-  Tensor seg;
-  if (p.nseg > 1) {
-    p.nseg = (p.len + p.seg_len - 1) / p.seg_len;  // no empty segment
-    seg = at::empty({3, p.batch, p.nseg, p.dim, p.nstate}, u.options().dtype(at::kFloat));
-    p.seg_end = seg[0].data_ptr<float>();
-    p.seg_decay = seg[1].data_ptr<float>();
-    p.seg_start = seg[2].data_ptr<float>();
-  }
+  const Tensor seg = split_time(p, ssm_offset::fwd_segments(p), 1, false, u.options().dtype(at::kFloat));
   auto stream = c10::cuda::getCurrentCUDAStream();
   switch (dtype_code(u)) {
     case 0: ssm_offset::launch_fwd_f32(p, stream); break;
@@ -205,23 +219,7 @@ std::vector<Tensor> bwd(const Tensor &dout, const Opt &dfinal, const Tensor &u, 
   if (p.len > 0 && p.batch > 0 && p.dim > 0) {
     const int chunk = ssm_offset::bwd_chunk_len(p.nstate, p.batch * p.dim);
     const long long nch = (p.len + chunk - 1) / chunk;
-    p.nseg = ssm_offset::bwd_segments(p);
-    p.seg_len = (p.len + p.nseg - 1) / p.nseg;
-    Tensor seg;
-    if (p.nseg > 1) {
-      p.seg_len = (p.seg_len + chunk - 1) / chunk * chunk;  // whole backward chunks
-      p.nseg = (p.len + p.seg_len - 1) / p.seg_len;
-    }
-    if (p.nseg > 1) {
-      seg = at::empty({5, p.batch, p.nseg, p.dim, p.nstate}, f32);
-      p.seg_end = seg[0].data_ptr<float>();
-      p.seg_decay = seg[1].data_ptr<float>();
-      p.seg_start = seg[2].data_ptr<float>();
-      p.adj_loc = seg[3].data_ptr<float>();
-      p.adj_end = seg[4].data_ptr<float>();
-    } else {
-      p.seg_len = p.len;
-    }
+    const Tensor seg = split_time(p, ssm_offset::bwd_segments(p), chunk, true, f32);
     Tensor ckpt = at::empty({p.batch, nch, p.dim, ssm_offset::padded_state(p.nstate, p.batch * p.dim)}, f32);
     p.ckpt = ckpt.data_ptr<float>();
     auto stream = c10::cuda::getCurrentCUDAStream();

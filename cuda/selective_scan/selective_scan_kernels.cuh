@@ -104,6 +104,10 @@ struct Place {
   __device__ __forceinline__ explicit Place(const ScanParams &p)
       : bp(block_pos(p, CPB)), c(threadIdx.x / LPC), lane(threadIdx.x % LPC), d(bp.d0 + c), seg(blockIdx.z),
         T0(seg * p.seg_len), T1(min(p.len, T0 + p.seg_len)), active(c < bp.nrows) {}
+  // this channel's (nstate) row of the segment in the time split's (batch, nseg, dim, nstate) arrays
+  __device__ __forceinline__ long long seg_row(const ScanParams &p) const {
+    return (((long long)bp.b * p.nseg + seg) * p.dim + d) * p.nstate;
+  }
 };
 
 // Sum over aligned groups of W consecutive lanes (W a power of two, all 32 lanes taking part).
@@ -222,6 +226,12 @@ struct TilePos {
   __device__ __forceinline__ explicit TilePos(int i) : r(TM ? i % ROWS : i / TT), t(TM ? i / ROWS : i % TT) {}
 };
 
+// B or C of the block's batch row and group; element (n, t) from there is at n * ld + t (time-major: t * ld + n).
+template <typename T>
+__device__ __forceinline__ const T *group_ptr(const void *base, const BCStrides &s, const BlockPos &bp) {
+  return static_cast<const T *>(base) + bp.b * s.b + bp.g * s.g;
+}
+
 // The block's first channel of its batch row; element (r, t) from there is at row_off<TM>(s, r, t).
 template <bool TM, typename T, typename V>
 __device__ __forceinline__ T *row_ptr(V *base, const Strides &s, const BlockPos &bp) {
@@ -282,8 +292,7 @@ struct Staged {
       for (int j = 0; j < kRow; ++j) load_rows(j, p, bp, t0, tl, u[j], dl[j], z[GRAD ? j : 0], go[GRAD ? j : 0]);
     }
     if constexpr (kStageBC) {
-      const T *bB = static_cast<const T *>(p.B) + bp.b * p.sB.b + bp.g * p.sB.g;
-      const T *bC = static_cast<const T *>(p.C) + bp.b * p.sC.b + bp.g * p.sC.g;
+      const T *bB = group_ptr<T>(p.B, p.sB, bp), *bC = group_ptr<T>(p.C, p.sC, bp);
 #pragma unroll
       for (int j = 0; j < kSt; ++j) {
         const int i = threadIdx.x + j * kThreads;
@@ -329,8 +338,7 @@ struct Staged {
         }
       }
     }
-    const T *bB = static_cast<const T *>(p.B) + bp.b * p.sB.b + bp.g * p.sB.g;
-    const T *bC = static_cast<const T *>(p.C) + bp.b * p.sC.b + bp.g * p.sC.g;
+    const T *bB = group_ptr<T>(p.B, p.sB, bp), *bC = group_ptr<T>(p.C, p.sC, bp);
 #pragma unroll
     for (int j = 0; j < kSt; ++j) {
       const int i = threadIdx.x + j * kThreads;
@@ -364,13 +372,12 @@ __global__ void __launch_bounds__(kThreads, Cfg<NPT, LPC>::kFwdMinBlocks) fwd_ke
   const BlockPos &bp = w.bp;
   const int c = w.c, lane = w.lane, d = w.d, N = p.nstate, seg = w.seg, T0 = w.T0, T1 = w.T1;
   const bool active = w.active;
-  // this channel's rows in seg_* and in the initial state: recomputed where used, since registers are what the
-  // forward runs short of (kept live, they pushed the staged loads into local memory)
-  auto seg_row = [&] { return (((long long)bp.b * p.nseg + seg) * p.dim + d) * N; };
+  // this channel's row in the initial state: recomputed where used, since registers are what the forward runs
+  // short of (kept live, it pushed the staged loads into local memory); so is w.seg_row(p)
   auto h0row = [&] { return (active && p.h0) ? p.h0 + bp.b * p.h0_bstride + (long long)d * N : nullptr; };
 
   float A2[NPT], h[NPT], ho[NPT], decay[NPT];
-  load_state<NPT>(h, SUMMARY ? nullptr : (active && p.seg_start) ? p.seg_start + seg_row() : h0row(), lane, N);
+  load_state<NPT>(h, SUMMARY ? nullptr : (active && p.seg_start) ? p.seg_start + w.seg_row(p) : h0row(), lane, N);
 #pragma unroll
   for (int k = 0; k < NPT; ++k) {
     const int n = lane * NPT + k;
@@ -445,8 +452,8 @@ __global__ void __launch_bounds__(kThreads, Cfg<NPT, LPC>::kFwdMinBlocks) fwd_ke
       const int n = lane * NPT + k;
       if (n >= N) continue;
       if constexpr (SUMMARY) {
-        p.seg_end[seg_row() + n] = h[k];
-        p.seg_decay[seg_row() + n] = decay[k];
+        p.seg_end[w.seg_row(p) + n] = h[k];
+        p.seg_decay[w.seg_row(p) + n] = decay[k];
       } else if (seg == p.nseg - 1) {
         p.final_state[((long long)bp.b * p.dim + d) * N + n] = h[k];
       }
@@ -477,7 +484,7 @@ __global__ void __launch_bounds__(kThreads, Cfg<NPT, LPC>::kBwdMinBlocks) bwd_ke
   const int nch = (L + TB - 1) / TB;
   // the first and last chunk of this block's segment (segments are whole chunks but for the row's last)
   const int c0 = w.T0 / TB, c1 = (T1 + TB - 1) / TB - 1;
-  const long long seg_row = (((long long)bp.b * p.nseg + seg) * p.dim + d) * N;
+  const long long seg_row = w.seg_row(p);
   const long long dn0 = (long long)d * N;
   const float *h0row = (active && p.h0) ? p.h0 + bp.b * p.h0_bstride + dn0 : nullptr;
   float *dh0row = (active && p.dh0) ? p.dh0 + bp.b * p.h0_bstride + dn0 : nullptr;
@@ -732,7 +739,7 @@ __global__ void __launch_bounds__(kThreads, Cfg<NPT, LPC>::kBwdMinBlocks) adjoin
 
   const Place<CPB, LPC> w(p);
   const BlockPos &bp = w.bp;
-  const int c = w.c, lane = w.lane, d = w.d, N = p.nstate, seg = w.seg, T0 = w.T0, T1 = w.T1;
+  const int c = w.c, lane = w.lane, d = w.d, N = p.nstate, T0 = w.T0, T1 = w.T1;
   const bool active = w.active;
   float A2[NPT], G[NPT];
 #pragma unroll
@@ -775,7 +782,7 @@ __global__ void __launch_bounds__(kThreads, Cfg<NPT, LPC>::kBwdMinBlocks) adjoin
     }
   }
   if (active) {
-    const long long row = (((long long)bp.b * p.nseg + seg) * p.dim + d) * N;
+    const long long row = w.seg_row(p);
 #pragma unroll
     for (int k = 0; k < NPT; ++k) {
       const int n = lane * NPT + k;

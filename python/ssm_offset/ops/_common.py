@@ -103,9 +103,10 @@ def scan_like(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 
 def fake_grads(tensors):
-    """What a scan backward returns, for torch.compile: contiguous gradients. Every implementation returns
-    contiguous tensors, whatever its inputs' strides: a compiled graph plans its views and reshapes on the
-    fake strides, and a real tensor with other strides fails there ("view size is not compatible")."""
+    """What a scan backward returns, for torch.compile: contiguous gradients, as every implementation of the op
+    returns them whatever its inputs' strides (a compiled graph plans its views and reshapes on the fake strides,
+    and a real tensor with other strides fails there: "view size is not compatible"). The Mamba-1 scan then lays
+    du, ddelta and dz out like their inputs, in every implementation alike (selective_scan.op.laid_out_grads)."""
     device = next(v.device for v in tensors if v is not None)
     return [v.new_empty(v.shape) if v is not None else torch.empty(0, device=device) for v in tensors]
 
