@@ -151,7 +151,7 @@ def test_raw_safetensors_with_bad_header_is_rejected(tmp_path):
 
 WRITER = textwrap.dedent(
     """
-    import sys, torch
+    import sys, time, torch
     from ssm_offset.store import AdapterStore
     store = AdapterStore(sys.argv[1])
     start = int(sys.argv[2])
@@ -159,8 +159,9 @@ WRITER = textwrap.dedent(
         g = torch.Generator().manual_seed(i)
         w = torch.randn(1 << 20, generator=g)
         print("begin", i, flush=True)
+        t0 = time.perf_counter()
         store.put(f"a{i}", {"w": w, "i": torch.tensor([i])})
-        print("end", i, flush=True)
+        print("end", i, time.perf_counter() - t0, flush=True)
     """
 )
 
@@ -171,26 +172,34 @@ def test_sigkill_mid_put_leaves_store_readable(tmp_path):
     committed: list[int] = []
     killed_mid_put = 0
     rng = np.random.default_rng(0)
-    for round_ in range(4):
+    # Each round lets a few puts complete (timing them), then kills the writer a random fraction of
+    # a put's duration after it announces the next put, so the kill usually lands inside put().
+    # Rounds go on until two kills did (bounded), so a fast or slow machine cannot make the test vacuous.
+    for round_ in range(12):
+        if killed_mid_put >= 2:
+            break
         proc = subprocess.Popen(
             [sys.executable, "-c", WRITER, str(root), str(round_ * 1000)], stdout=subprocess.PIPE, env=env, text=True
         )
-        # Let a few puts complete, then kill at a random moment (usually in the middle of a put).
-        while len([x for x in committed if x >= round_ * 1000]) < 2:
-            kind, i = proc.stdout.readline().split()
+        durations: list[float] = []
+        while True:
+            kind, i, *rest = proc.stdout.readline().split()
             if kind == "end":
                 committed.append(int(i))
-        time.sleep(rng.uniform(0.0, 0.05))
+                durations.append(float(rest[0]))
+            elif len(durations) >= 2:
+                break
+        time.sleep(rng.uniform(0.0, 0.9) * min(durations))
         proc.send_signal(signal.SIGKILL)
-        last = None
+        last = "begin"
         for line in proc.stdout.read().splitlines():
-            kind, i = line.split()
+            kind, i, *_ = line.split()
             last = kind
             if kind == "end":
                 committed.append(int(i))
         killed_mid_put += last == "begin"
         proc.wait()
-    assert killed_mid_put >= 1, "no writer was killed inside put(); the test proves nothing"
+    assert killed_mid_put >= 2, "under two kills inside put() in 12 rounds"
     store = AdapterStore(root)
     names = set(store.names())
     for i in committed:
