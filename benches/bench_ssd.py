@@ -7,9 +7,11 @@ softplus on every arm, no z (Mamba-2 gates in its RMSNorm). Arms:
   mamba_ssm initial state      the same with initial_states
   reference offset             mamba_ssm plain + einsum("blgn,hpn->blhp", C, h') after it
   ours plain / state offset / initial state / offset + initial state      ssm_offset ssd_scan
-Offsets and initial states are non-zero and require grad in forward+backward. Median of do_bench.
+Offsets and initial states are non-zero and require grad in forward+backward. Every arm is set up (inputs,
+autotuning) before any is timed, then timed in round-robin rounds: medians of do_bench, and the host and wall
+time of forward+backward calls issued back to back.
 
-    python benches/bench_ssd.py [--out benches/results/ssd-h100]
+    python benches/bench_ssd.py [--rounds 3] [--max-configs K] [--out benches/results/ssd-h100]
 """
 from __future__ import annotations
 
@@ -104,48 +106,89 @@ def arms():
     }
 
 
+def back_to_back(fn, calls=50):
+    """(host ms, wall ms) a call over `calls` calls issued back to back, as a training loop issues them: host is
+    the time to return from the calls (launches queued), wall includes waiting for the GPU at the end. Where
+    host ≈ wall the arm is host-bound and its do_bench figure measures the host, not the kernels."""
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    host = time.perf_counter() - start
+    torch.cuda.synchronize()
+    wall = time.perf_counter() - start
+    return host / calls * 1e3, wall / calls * 1e3
+
+
+def _median(xs):
+    xs = sorted(xs)
+    return 0.5 * (xs[(len(xs) - 1) // 2] + xs[len(xs) // 2])
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None)
     ap.add_argument("--max-configs", type=int, default=0)
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="measure every arm this many times, round-robin (order and clock drift average out)")
     args = ap.parse_args(argv)
     global MAX_CONFIGS
     MAX_CONFIGS = args.max_configs
-    rows = []
     fns = arms()
-    for name, fn in fns.items():
-        t = make_inputs(False)
+    fwd_inputs, fbs, peaks = {}, {}, {}
+    for name, fn in fns.items():  # every arm's inputs, autotuning and peak memory, before any timing
+        fwd_inputs[name] = make_inputs(False)
         with torch.no_grad():
-            fwd = bench(lambda: fn(t))
-        del t
-        fb = fwd_bwd(fn)
-        fb()
+            fn(fwd_inputs[name])
+        fbs[name] = fwd_bwd(fn)
+        fbs[name]()
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
-        fb()
+        fbs[name]()
         torch.cuda.synchronize()
-        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
-        fwdbwd = bench(fb, warmup=20, rep=200)
-        rows.append(dict(arm=name, fwd_ms=fwd, fwdbwd_ms=fwdbwd, peak_extra_mb=peak))
-        print(f"{name:40s} fwd {fwd:7.3f} ms   fwd+bwd {fwdbwd:7.3f} ms   peak extra {peak:7.0f} MB", flush=True)
-        del fb
+        peaks[name] = (torch.cuda.max_memory_allocated() - base) / 2**20
+    samples = {name: {"fwd": [], "fwdbwd": [], "host": [], "wall": []} for name in fns}
+    for r in range(args.rounds):
+        for name, fn in fns.items():
+            t = fwd_inputs[name]
+            with torch.no_grad():
+                samples[name]["fwd"].append(bench(lambda: fn(t)))
+            samples[name]["fwdbwd"].append(bench(fbs[name], warmup=20, rep=200))
+            host, wall = back_to_back(fbs[name])
+            samples[name]["host"].append(host)
+            samples[name]["wall"].append(wall)
+            s = samples[name]
+            print(f"round {r}: {name:40s} fwd {s['fwd'][-1]:7.3f} ms   fwd+bwd {s['fwdbwd'][-1]:7.3f} ms   "
+                  f"back to back: host {host:6.3f} wall {wall:6.3f} ms", flush=True)
+    rows = []
+    for name, s in samples.items():
+        rows.append(dict(arm=name, fwd_ms=_median(s["fwd"]), fwdbwd_ms=_median(s["fwdbwd"]),
+                         fwdbwd_spread_ms=max(s["fwdbwd"]) - min(s["fwdbwd"]),
+                         host_ms=_median(s["host"]), b2b_wall_ms=_median(s["wall"]),
+                         peak_extra_mb=peaks[name], samples=s))
     plain = {r["arm"]: r for r in rows}["mamba_ssm plain"]
     for r in rows:
         r["fwd_vs_mamba_plain"] = r["fwd_ms"] / plain["fwd_ms"]
         r["fwdbwd_vs_mamba_plain"] = r["fwdbwd_ms"] / plain["fwdbwd_ms"]
+        r["b2b_vs_mamba_plain"] = r["b2b_wall_ms"] / plain["b2b_wall_ms"]
     meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, cuda=torch.version.cuda,
                 python=platform.python_version(), date=time.strftime("%Y-%m-%d %H:%M:%S"),
                 shape="B8 L2048 H64 P64 N128 G1 chunk 256 bf16, D + dt_bias + softplus, no z",
-                autotune_configs_per_kernel=MAX_CONFIGS or "all",
+                autotune_configs_per_kernel=MAX_CONFIGS or "all", rounds=args.rounds,
                 command="python3 benches/bench_ssd.py " + " ".join(argv if argv is not None else sys.argv[1:]))
     lines = [f"# Mamba-2 SSD, {meta['shape']}, {meta['device']}", "",
              f"`{meta['command']}` — torch {meta['torch']} (CUDA {meta['cuda']}), {meta['date']}.", "",
-             "| arm | fwd ms | × mamba_ssm plain | fwd+bwd ms | × mamba_ssm plain | peak extra MB (fwd+bwd) |",
-             "|---|---|---|---|---|---|"]
+             f"Medians over {args.rounds} round-robin rounds. fwd, fwd+bwd: do_bench (L2 flushed before each call); "
+             "back to back: 50 forward+backward calls issued in a row, host = time to return from them, wall = "
+             "until the GPU finished (host ≈ wall: host-bound).", "",
+             "| arm | fwd ms | × mamba_ssm plain | fwd+bwd ms (spread) | × mamba_ssm plain | back to back host / wall ms "
+             "| wall × mamba_ssm plain | peak extra MB (fwd+bwd) |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['arm']} | {r['fwd_ms']:.3f} | {r['fwd_vs_mamba_plain']:.2f} | {r['fwdbwd_ms']:.3f} | "
-                     f"{r['fwdbwd_vs_mamba_plain']:.2f} | {r['peak_extra_mb']:.0f} |")
+        lines.append(f"| {r['arm']} | {r['fwd_ms']:.3f} | {r['fwd_vs_mamba_plain']:.2f} | {r['fwdbwd_ms']:.3f} "
+                     f"({r['fwdbwd_spread_ms']:.3f}) | {r['fwdbwd_vs_mamba_plain']:.2f} | {r['host_ms']:.3f} / "
+                     f"{r['b2b_wall_ms']:.3f} | {r['b2b_vs_mamba_plain']:.2f} | {r['peak_extra_mb']:.0f} |")
     print("\n".join(lines))
     if args.out:
         Path(args.out + ".json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
