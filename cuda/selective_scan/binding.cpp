@@ -127,15 +127,15 @@ void fill_inputs(Params &p, const Tensor &u, const Tensor &delta, const Tensor &
 
 ssm_offset::ScanParams common(const Tensor &u, const Tensor &delta, const Tensor &A, const Tensor &B,
                               const Tensor &C, const Opt &D, const Opt &z, const Opt &delta_bias,
-                              bool softplus, const Opt &h0, const Opt &hoff, const Opt &yoff,
-                              const Opt &seq_idx) {
+                              bool softplus, bool time_major, const Opt &h0, const Opt &hoff,
+                              const Opt &yoff, const Opt &seq_idx) {
   TORCH_CHECK(u.is_cuda() && u.dim() == 3, "u: expected a CUDA (batch, D, L) tensor, got ", u.sizes());
   TORCH_CHECK(B.dim() == 4 && C.sizes() == B.sizes(), "B, C: expected (batch, groups, N, L)");
   ssm_offset::ScanParams p{};
   fill_inputs(p, u, delta, A, B, C, D, z, delta_bias, softplus, hoff, yoff, false);
   p.len = u.size(2);
-  // the projected tensors' layout follows delta's: time-major when delta is a transposed (batch, L, D) view
-  p.time_major = delta.size(1) > 1 && delta.size(2) > 1 && delta.stride(1) == 1;
+  // the caller's layout rule (ssm_offset/ops/_common.time_major on delta), which lead() checks every tensor obeys
+  p.time_major = time_major;
   p.su = strides(u, false, "u");
   p.sdelta = strides(delta, p.time_major, "delta");
   if (has(z)) p.sz = strides(*z, p.time_major, "z");
@@ -158,10 +158,10 @@ ssm_offset::ScanParams common(const Tensor &u, const Tensor &delta, const Tensor
 // y: the output, shaped like u, laid out like delta (the caller allocates it)
 std::tuple<Tensor, Tensor> fwd(const Tensor &u, const Tensor &delta, const Tensor &A, const Tensor &B,
                                const Tensor &C, const Opt &D, const Opt &z, const Opt &delta_bias,
-                               bool softplus, const Opt &h0, const Opt &hoff, const Opt &yoff,
-                               const Opt &seq_idx, const Tensor &y) {
+                               bool softplus, bool time_major, const Opt &h0, const Opt &hoff,
+                               const Opt &yoff, const Opt &seq_idx, const Tensor &y) {
   const c10::cuda::CUDAGuard guard(u.device());
-  auto p = common(u, delta, A, B, C, D, z, delta_bias, softplus, h0, hoff, yoff, seq_idx);
+  auto p = common(u, delta, A, B, C, D, z, delta_bias, softplus, time_major, h0, hoff, yoff, seq_idx);
   check_like(y, u, "y", false);
   p.sy = strides(y, p.time_major, "y");
   Tensor final_state = at::empty({p.batch, p.dim, p.nstate}, u.options().dtype(at::kFloat));
@@ -184,11 +184,11 @@ std::tuple<Tensor, Tensor> fwd(const Tensor &u, const Tensor &delta, const Tenso
 // and dz are written into the tensors given (du channel-major, ddelta and dz laid out like delta).
 std::vector<Tensor> bwd(const Tensor &dout, const Opt &dfinal, const Tensor &u, const Tensor &delta,
                         const Tensor &A, const Tensor &B, const Tensor &C, const Opt &D, const Opt &z,
-                        const Opt &delta_bias, bool softplus, const Opt &h0, const Opt &hoff,
-                        const Opt &yoff, const Opt &seq_idx, const Tensor &du, const Tensor &ddelta,
-                        const Opt &dz) {
+                        const Opt &delta_bias, bool softplus, bool time_major, const Opt &h0,
+                        const Opt &hoff, const Opt &yoff, const Opt &seq_idx, const Tensor &du,
+                        const Tensor &ddelta, const Opt &dz) {
   const c10::cuda::CUDAGuard guard(u.device());
-  auto p = common(u, delta, A, B, C, D, z, delta_bias, softplus, h0, hoff, yoff, seq_idx);
+  auto p = common(u, delta, A, B, C, D, z, delta_bias, softplus, time_major, h0, hoff, yoff, seq_idx);
   check_like(dout, u, "dy", false);
   check_like(du, u, "du", false);
   check_like(ddelta, u, "ddelta", false);

@@ -171,7 +171,7 @@ def _fwd_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state
     y, final = ext.fwd(
         _laid_out(u, False), _laid_out(delta.to(dt), tm), _f32(A), _laid_out(_grouped(B, dt, True), tm),
         _laid_out(_grouped(C, dt, True), tm), _f32(D), _laid_out(None if z is None else z.to(dt), tm),
-        _f32(delta_bias), bool(delta_softplus), _f32(initial_state), _f32(state_offset), _f32(y_offset),
+        _f32(delta_bias), bool(delta_softplus), tm, _f32(initial_state), _f32(state_offset), _f32(y_offset),
         _i32(seq_idx), empty_scan_like(delta, dt),
     )
     return y, final
@@ -190,7 +190,7 @@ def _bwd_cuda(dy, dfinal_state, u, delta, A, B, C, D, z, delta_bias, delta_softp
     grads = ext.bwd(
         _laid_out(dy.to(dt), tm), _f32(dfinal_state), u_, _laid_out(delta.to(dt), tm), _f32(A),
         _laid_out(_grouped(B, dt, True), tm), _laid_out(_grouped(C, dt, True), tm), _f32(D),
-        _laid_out(None if z is None else z.to(dt), tm), _f32(delta_bias), bool(delta_softplus),
+        _laid_out(None if z is None else z.to(dt), tm), _f32(delta_bias), bool(delta_softplus), tm,
         _f32(initial_state), _f32(state_offset), _f32(y_offset), _i32(seq_idx),
         empty_scan_like(u_), empty_scan_like(delta, dt), None if z is None else empty_scan_like(delta, dt),
     )
