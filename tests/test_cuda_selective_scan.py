@@ -4,7 +4,8 @@ The grid is pairwise: every pair of values of the parameters below appears toget
 case (greedy all-pairs, a fixed case list), and every flag is also run at lengths 2049 and 8192 in
 bf16. Inputs are fresh random draws on each run (the seed is in the failure message); the allocator's
 free memory is poisoned with NaN before each kernel call so an unwritten output cannot pass.
-Tolerances are mamba_ssm's own: fp32 rtol 6e-4 / atol 2e-3, bf16 rtol 3e-2 / atol 5e-2.
+Tolerances are mamba_ssm's own: fp32 rtol 6e-4 / atol 2e-3, bf16 rtol 3e-2 / atol 5e-2; dA in fp32 at its dA
+tolerance (GRAD_TOL).
 """
 from __future__ import annotations
 
@@ -127,8 +128,14 @@ def _inputs(case, batch=2, dim=8, seed=None):
 MAX_ERR = {}  # (what, dtype) -> (max abs error, max relative-to-tolerance ratio), for the run's log
 
 
+# dA in fp32 at mamba_ssm's own dA tolerance (its test: rtol max(1e-3, 6e-4), atol 5 x max(1e-3, 2e-3) with z): dA sums
+# batch x L products that cancel, so an element's rounding error follows the size of its terms, not of the sum
+# (a run here once had one of 2,048 elements 1.3x over the output tolerance, at N = 256). bf16's tolerance is wider.
+GRAD_TOL = {("dA", torch.float32): (1e-3, 1e-2)}
+
+
 def _close(name, got, want, dtype, seed):
-    rtol, atol = TOL[dtype]
+    rtol, atol = GRAD_TOL.get((name.split(" ")[0], dtype), TOL[dtype])
     assert got.shape == want.shape, f"{name}: shape {tuple(got.shape)} != {tuple(want.shape)}"
     assert torch.isfinite(got).all(), f"{name}: non-finite values (unwritten output?) seed={seed}"
     got64, want64 = got.double(), want.double()
