@@ -10,7 +10,6 @@ tolerance (GRAD_TOL).
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import random
 
@@ -22,9 +21,9 @@ from ssm_offset.ops.selective_scan import selective_scan, selective_scan_step
 from ssm_offset.ops.selective_scan.naive import selective_scan_naive
 from ssm_offset.ops.selective_scan.step import selective_scan_step_reference
 
-pytestmark = pytest.mark.cuda
+from closeness import TOL, ErrorLog, check
 
-TOL = {torch.float32: (6e-4, 2e-3), torch.bfloat16: (3e-2, 5e-2), torch.float16: (3e-3, 5e-3)}
+pytestmark = pytest.mark.cuda
 
 PARAMS = {
     "length": [1, 7, 64, 1000, 2048, 2049, 8192],
@@ -125,8 +124,7 @@ def _inputs(case, batch=2, dim=8, seed=None):
     return t
 
 
-MAX_ERR = {}  # (what, dtype) -> (max abs error, max relative-to-tolerance ratio), for the run's log
-
+ERRORS = ErrorLog()
 
 # dA in fp32 at mamba_ssm's own dA tolerance (its test: rtol max(1e-3, 6e-4), atol 5 x max(1e-3, 2e-3) with z): dA sums
 # batch x L products that cancel, so an element's rounding error follows the size of its terms, not of the sum
@@ -135,21 +133,8 @@ GRAD_TOL = {("dA", torch.float32): (1e-3, 1e-2)}
 
 
 def _close(name, got, want, dtype, seed):
-    rtol, atol = GRAD_TOL.get((name.split(" ")[0], dtype), TOL[dtype])
-    assert got.shape == want.shape, f"{name}: shape {tuple(got.shape)} != {tuple(want.shape)}"
-    assert torch.isfinite(got).all(), f"{name}: non-finite values (unwritten output?) seed={seed}"
-    got64, want64 = got.double(), want.double()
-    err = (got64 - want64).abs()
-    bad = err > atol + rtol * want64.abs()
-    assert not bad.any(), (
-        f"{name}: {int(bad.sum())}/{bad.numel()} elements off, max abs err {err.max().item():.3g} "
-        f"(max |ref| {want64.abs().max().item():.3g}), seed={seed}"
-    )
-    key = (name, str(dtype).replace("torch.", ""))
-    prev = MAX_ERR.get(key, (0.0, 0.0))
-    ratio = (err / (atol + rtol * want64.abs())).max().item() if err.numel() else 0.0
-    MAX_ERR[key] = (max(prev[0], err.max().item() if err.numel() else 0.0), max(prev[1], ratio))
-    return err.max().item()
+    problem = check(name, got, want, dtype, seed, tol=GRAD_TOL.get((name.split(" ")[0], dtype)), log=ERRORS)
+    assert problem is None, problem
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -158,11 +143,7 @@ def _kernels_built():
         pytest.skip("needs a CUDA GPU (torch.cuda.is_available() is false)")
     kernels.build()
     yield
-    path = os.environ.get("SSM_OFFSET_ERROR_LOG")
-    if path:  # the GPU run's record of how close each output came to its tolerance
-        rows = {f"{k[0]} [{k[1]}]": {"max_abs_err": v[0], "max_err_over_tol": v[1]} for k, v in sorted(MAX_ERR.items())}
-        with open(path, "w") as f:
-            json.dump(rows, f, indent=1)
+    ERRORS.write(os.environ.get("SSM_OFFSET_ERROR_LOG"))  # the GPU run's record of how close each output came
 
 
 @pytest.mark.parametrize("case", CASES, ids=[_id(c) for c in CASES])

@@ -14,7 +14,6 @@ runs each of our kernel's configs in turn, since real runs may pick any of them.
 """
 from __future__ import annotations
 
-import json
 import os
 import warnings
 
@@ -27,7 +26,8 @@ from ssm_offset.ops.ssd import ssd_scan  # noqa: E402
 from ssm_offset.ops.ssd import kernel as ssd_kernel  # noqa: E402
 from ssm_offset.ops.ssd.chunk import ssd_chunked  # noqa: E402
 
-from test_cuda_selective_scan import TOL, _documents, _pairwise, _poison  # noqa: E402
+from closeness import ErrorLog, check  # noqa: E402
+from test_cuda_selective_scan import _documents, _pairwise, _poison  # noqa: E402
 
 pytestmark = pytest.mark.cuda
 
@@ -53,7 +53,7 @@ CASES = _pairwise(PARAMS) + [
                                               "y_offset": "shared"}))
 ]
 HEADS, BATCH = 4, 2
-MAX_ERR = {}
+ERRORS = ErrorLog()
 
 
 def _id(case):
@@ -99,22 +99,10 @@ NORMWISE_BF16 = {"dA", "dB", "dC", "dD", "ddt", "ddt_bias", "dinitial_state", "d
 
 
 def _close(name, got, want, dtype, seed, failures):
-    rtol, atol = TOL[dtype]
-    assert got.shape == want.shape, f"{name}: shape {tuple(got.shape)} != {tuple(want.shape)}"
-    got64, want64 = got.double(), want.double()
-    err = (got64 - want64).abs()
-    scale = want64.abs()
-    if dtype == torch.bfloat16 and name in NORMWISE_BF16 and scale.numel():
-        scale = scale.max().expand_as(scale)
-    ratio = (err / (atol + rtol * scale)).max().item() if err.numel() else 0.0
-    key = (name, str(dtype).replace("torch.", ""))
-    prev = MAX_ERR.get(key, (0.0, 0.0))
-    MAX_ERR[key] = (max(prev[0], err.max().item() if err.numel() else 0.0), max(prev[1], ratio))
-    if not torch.isfinite(got).all():
-        failures.append(f"{name}: non-finite values (unwritten output?) seed={seed}")
-    elif ratio > 1:
-        failures.append(f"{name}: max abs err {err.max().item():.3g} = {ratio:.2f}x tolerance "
-                        f"(max |ref| {want64.abs().max().item():.3g}), seed={seed}")
+    problem = check(name, got, want, dtype, seed, normwise=dtype == torch.bfloat16 and name in NORMWISE_BF16,
+                    log=ERRORS)
+    if problem:
+        failures.append(problem)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -125,11 +113,7 @@ def _ssd_kernels():
         pytest.skip(ssd_kernel._error)
     ssd_kernel.limit_autotuning(1)
     yield
-    path = os.environ.get("SSM_OFFSET_SSD_ERROR_LOG")
-    if path:
-        rows = {f"{k[0]} [{k[1]}]": {"max_abs_err": v[0], "max_err_over_tol": v[1]} for k, v in sorted(MAX_ERR.items())}
-        with open(path, "w") as f:
-            json.dump(rows, f, indent=1)
+    ERRORS.write(os.environ.get("SSM_OFFSET_SSD_ERROR_LOG"))
 
 
 @pytest.mark.parametrize("case", CASES, ids=[_id(c) for c in CASES])

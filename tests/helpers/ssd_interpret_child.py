@@ -29,7 +29,7 @@ from ssm_offset.ops.ssd.naive import discretize_dt, heads_to_groups  # noqa: E40
 from ssm_offset.ops.ssd.op import ssd_bwd_reference  # noqa: E402
 from ssm_offset.ops.ssd import scan_kernel  # noqa: E402
 from ssm_offset.ops.ssd.scan_kernel import chunk_scan  # noqa: E402
-from test_cuda_selective_scan import TOL  # noqa: E402
+from closeness import check  # noqa: E402
 
 BATCH, HEADS = 2, 4
 BASE = dict(length=40, chunk=16, P=8, N=16, groups=2, dtype="float32", D=None, z=False, initial_state=None,
@@ -135,13 +135,9 @@ def stages(t, seq, case):
 
 
 def closeness(name, got, want, dtype, failures):
-    rtol, atol = TOL[dtype]
-    err = (got.double() - want.double()).abs()
-    ratio = (err / (atol + rtol * want.double().abs())).max().item()
-    if not torch.isfinite(got).all():
-        failures.append(f"{name}: non-finite values")
-    elif ratio > 1:
-        failures.append(f"{name}: max abs err {err.max().item():.3g} = {ratio:.2f}x tolerance")
+    problem = check(name, got, want, dtype)
+    if problem:
+        failures.append(problem)
 
 
 def kernel_case(case, seed):
