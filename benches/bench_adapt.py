@@ -27,7 +27,6 @@ import argparse
 import json
 import platform
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -35,6 +34,7 @@ import torch
 from ssm_offset.adapt import CEM, FewShotSet, PopulationEvaluator, use_precision
 from ssm_offset.models import MambaConfig, MambaForCausalLM
 from ssm_offset.peft import config_for, get_peft_model
+from _results import emit
 
 SHAPES = {
     # a tiny model with the GPT-NeoX vocabulary (the LM head's size is realistic)
@@ -161,12 +161,7 @@ def main() -> None:
             lines.append(f"- {r['precision']} {r['method']}/{r['granularity']} {arm}: {prof}")
         if "top_ops_batched" in r:
             lines.append(f"  - top ops (batched, one generation, ms self time, calls): {r['top_ops_batched']}")
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out + ".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-        Path(args.out + ".md").write_text(text + "\n")
+    emit(lines, args.out, meta=meta, rows=rows)
 
 
 if __name__ == "__main__":

@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import platform
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from _results import emit
 
 BATCH, LENGTH, VOCAB = 8, 1024, 50280
 SHAPE = dict(vocab_size=VOCAB, hidden_size=768, state_size=16, num_hidden_layers=24, expand=2, conv_kernel=4)
@@ -207,10 +207,7 @@ def main(argv=None):
     if compiled:
         lines += ["", "torch.compile time (first warm-up step minus the last, not in the timings): " +
                   ", ".join(f"{r['arm']} {r['compile_s']:.1f} s" for r in compiled)]
-    print("\n".join(lines))
-    if args.out:
-        Path(args.out + ".json").write_text(json.dumps(dict(meta=meta, rows=rows, profiles=tables), indent=1))
-        Path(args.out + ".md").write_text("\n".join(lines) + "\n")
+    emit(lines, args.out, meta=meta, rows=rows, profiles=tables)
 
 
 if __name__ == "__main__":

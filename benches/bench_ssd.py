@@ -16,13 +16,13 @@ time of forward+backward calls issued back to back.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
-from pathlib import Path
 
 import torch
+
+from _results import emit
 
 SHAPE = (8, 2048, 64, 64, 128)  # batch, L, heads, headdim, d_state
 CHUNK = 256
@@ -189,10 +189,7 @@ def main(argv=None):
         lines.append(f"| {r['arm']} | {r['fwd_ms']:.3f} | {r['fwd_vs_mamba_plain']:.2f} | {r['fwdbwd_ms']:.3f} "
                      f"({r['fwdbwd_spread_ms']:.3f}) | {r['fwdbwd_vs_mamba_plain']:.2f} | {r['host_ms']:.3f} / "
                      f"{r['b2b_wall_ms']:.3f} | {r['b2b_vs_mamba_plain']:.2f} | {r['peak_extra_mb']:.0f} |")
-    print("\n".join(lines))
-    if args.out:
-        Path(args.out + ".json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
-        Path(args.out + ".md").write_text("\n".join(lines) + "\n")
+    emit(lines, args.out, meta=meta, rows=rows)
 
 
 if __name__ == "__main__":

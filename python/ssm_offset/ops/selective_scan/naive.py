@@ -54,9 +54,10 @@ def selective_scan_naive(
     """Returns (y, final_state); y in u's dtype, the state in fp32 (fp64 for fp64 inputs).
 
     Channels are viewed as (groups, channels per group) so that B and C broadcast instead of being expanded to
-    (batch, D, N, L); the time loop touches only (batch, D, N) tensors, and everything time-indexed is
-    unbound once, so that autograd through the loop stays linear in L (slicing a large tensor at every step
-    would make each step's backward allocate a gradient of the whole tensor).
+    (batch, D, N, L). The time loop runs over time-major tensors (L, batch, G, D/G, N): each step reads and
+    writes contiguous (batch, D, N) slices, unbound once, so that autograd through the loop stays linear in L
+    (slicing a large tensor at every step would make each step's backward allocate a gradient of the whole
+    tensor) and no step gathers with a stride of L.
     """
     ct = compute_dtype(u)
     batch, dim, length = u.shape
@@ -64,31 +65,36 @@ def selective_scan_naive(
     groups = 1 if B.dim() == 3 else B.shape[1]
     per = dim // groups
     grouped = lambda t: t.view(batch, groups, per, *t.shape[2:])  # noqa: E731  (batch, D, …) → (batch, G, D/G, …)
-    bc = lambda t: (t.to(ct)[:, None] if t.dim() == 3 else t.to(ct))[:, :, None]  # noqa: E731  → (batch, G, 1, N, L)
+    # time-major copies, (batch, G, D/G, L) → (L, batch, G, D/G), and B, C (batch, [G,] N, L) → (L, batch, G, N):
+    # contiguous, since elementwise products take their inputs' layout
+    tmajor = lambda t: t.permute(3, 0, 1, 2).contiguous()  # noqa: E731
+    bc = lambda t: tmajor(t.to(ct)[:, None] if t.dim() == 3 else t.to(ct))  # noqa: E731
     uc = grouped(u.to(ct))
     dt = grouped(discretize(delta.to(ct), None if delta_bias is None else delta_bias.to(ct), delta_softplus))
+    dt_tm = tmajor(dt)
     Ag = A.to(ct).view(groups, per, nstate)
-    decay = torch.exp(dt[..., None, :] * Ag[..., None])  # (batch, G, D/G, N, L)
-    drive = (dt * uc)[..., None, :] * bc(B)
+    decay = torch.exp(dt_tm[..., None] * Ag)  # (L, batch, G, D/G, N)
+    drive = (dt_tm * tmajor(uc))[..., None] * bc(B)[:, :, :, None]
     h0 = per_row(initial_state, batch, 2)
     start = torch.zeros(batch, dim, nstate, dtype=ct, device=u.device) if h0 is None else h0.to(ct)
     start = grouped(start)
     h = start
     resets = document_starts(seq_idx)
     states = []
-    for t, (a_t, x_t) in enumerate(zip(decay.unbind(-1), drive.unbind(-1))):
+    for t, (a_t, x_t) in enumerate(zip(decay.unbind(0), drive.unbind(0))):
         if resets is not None and t > 0:
             h = torch.where(resets[:, t, None, None, None], start, h)
         h = a_t * h + x_t
         states.append(h)
     Cg = bc(C)
+    to_bdl = lambda t: t.permute(1, 2, 3, 0).reshape(batch, dim, length)  # noqa: E731  (L, batch, G, D/G) → …
     if states:
-        y = (torch.stack(states, dim=-1) * Cg).sum(-2).reshape(batch, dim, length)
+        y = to_bdl(torch.einsum("lbgdn,lbgn->lbgd", torch.stack(states), Cg))
     else:
         y = uc.new_zeros(batch, dim, 0)
     off = per_row(state_offset, batch, 2)
     if off is not None:
         # C_t · h' with h' constant in time: one contraction over N
-        y = y + (grouped(off.to(ct))[..., None] * Cg).sum(-2).reshape(batch, dim, length)
+        y = y + to_bdl(torch.einsum("bgdn,lbgn->lbgd", grouped(off.to(ct)), Cg))
     y = readout(y, uc.reshape(batch, dim, length), D, z, y_offset)
     return y.to(u.dtype), h.reshape(batch, dim, nstate).clone()
