@@ -48,7 +48,10 @@ def main() -> None:
     ap.add_argument("--tag", default=os.environ.get("SSM_OFFSET_NVCC_FLAGS", "") or "default")
     ap.add_argument("--mamba-ssm", action="store_true")
     ap.add_argument("--mixer", action="store_true")
+    ap.add_argument("--shapes", default=None,
+                    help="BxDxLxN,... in place of the default shapes, e.g. 8x1536x1024x24 (Additional-scan's N)")
     args = ap.parse_args()
+    shapes = SHAPES if args.shapes is None else [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     from ssm_offset.ops.selective_scan import selective_scan
 
     arms = {"ours": lambda t, off: selective_scan(*t, True, state_offset=off)}
@@ -57,7 +60,7 @@ def main() -> None:
 
         arms["mamba_ssm"] = lambda t, off: selective_scan_fn(*t, delta_softplus=True)
     rows = []
-    for b, d, length, n in SHAPES:
+    for b, d, length, n in shapes:
         inputs, off = make_inputs(b, d, length, n, args.mixer)
         leaves = [t.requires_grad_() for t in (*inputs[:2], inputs[6], *inputs[3:6], inputs[7], off)]
         for arm, call in arms.items():

@@ -62,6 +62,9 @@ __device__ __forceinline__ float sigmoid(float x) { return 1.f / (1.f + __expf(-
 #ifndef SSM_OFFSET_BWD_BLOCKS
 #define SSM_OFFSET_BWD_BLOCKS 4
 #endif
+#ifndef SSM_OFFSET_FWD_WIDE_BLOCKS
+#define SSM_OFFSET_FWD_WIDE_BLOCKS 8
+#endif
 #ifndef SSM_OFFSET_FWD_UNROLL
 #define SSM_OFFSET_FWD_UNROLL 16
 #endif
@@ -74,7 +77,10 @@ struct Cfg {
   static constexpr int kTb = (NPT >= 8 || kCpb >= 64) ? 8 : SSM_OFFSET_TB;
   // blocks per SM the register allocation must allow: the whole grid of the common shapes then fits
   // in one wave (e.g. 1024 blocks at B=8, D=4096 on 132 SMs)
-  static constexpr int kFwdMinBlocks = (NPT <= 4 && kNpad <= 64) ? 8 : 4;
+  // N in 17..64 at 8 blocks (64 registers) spills inside the unrolled time loop (ptxas: up to 276 bytes; SASS:
+  // local loads between the steps' exponentials); at 4 it spills nothing. Which is faster is not yet measured.
+  static constexpr int kFwdMinBlocks =
+      (NPT <= 4 && kNpad <= 16) ? 8 : (NPT <= 4 && kNpad <= 64) ? SSM_OFFSET_FWD_WIDE_BLOCKS : 4;
   static constexpr int kBwdMinBlocks = NPT <= 4 ? SSM_OFFSET_BWD_BLOCKS : 2;
 };
 
