@@ -1,0 +1,89 @@
+"""The benchmark scripts' own bookkeeping on CPU, so that a GPU call (a few minutes of a small budget) does not
+end on a script error: benches/bench_ssd.py's rounds, medians, ratios and files with CPU stand-ins for its arms,
+and benches/bench_reference_scan.py end to end at tiny shapes. The numbers are not checked, the plumbing is."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import time
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCHES = Path(__file__).resolve().parents[1] / "benches"
+
+
+def load(name):
+    sys.path.insert(0, str(BENCHES))  # the scripts import benches/_results.py as their sibling
+    try:
+        spec = importlib.util.spec_from_file_location(name, BENCHES / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+    finally:
+        sys.path.remove(str(BENCHES))
+
+
+def test_bench_ssd_rounds_medians_and_files(tmp_path, monkeypatch):
+    mod = load("bench_ssd")
+    for name, value in (("synchronize", lambda: None), ("memory_allocated", lambda: 0),
+                        ("max_memory_allocated", lambda: 3 << 20), ("reset_peak_memory_stats", lambda: None),
+                        ("get_device_name", lambda: "cpu stand-in")):
+        monkeypatch.setattr(torch.cuda, name, value)
+    timings = iter(range(1, 1000))
+    monkeypatch.setattr(mod, "bench", lambda fn, warmup=0, rep=0: (fn(), float(next(timings)))[1])
+
+    def make_inputs(grad):
+        t = dict(x=torch.randn(2, 3), h=torch.randn(3))
+        for v in t.values():
+            v.requires_grad_(grad)
+        return t
+
+    monkeypatch.setattr(mod, "make_inputs", make_inputs)
+    monkeypatch.setattr(mod, "fwd_bwd", lambda fn: (lambda t: lambda: fn(t).sum().backward())(make_inputs(True)))
+    calls = {"mamba_ssm plain": 0, "ours state offset": 0}
+
+    def arm(name, f):
+        def call(t):
+            calls[name] += 1
+            return f(t)
+        return call
+
+    monkeypatch.setattr(mod, "arms", lambda: {"mamba_ssm plain": arm("mamba_ssm plain", lambda t: t["x"] * 2),
+                                              "ours state offset": arm("ours state offset", lambda t: t["x"] + t["h"])})
+    clock = iter(float(i) for i in range(10_000))  # one "second" per reading of the clock
+    monkeypatch.setattr(mod, "time", types.SimpleNamespace(perf_counter=lambda: next(clock), strftime=time.strftime))
+    out = tmp_path / "res" / "ssd"
+    mod.main(["--rounds", "3", "--out", str(out)])
+    rows = {r["arm"]: r for r in json.loads(out.with_suffix(".json").read_text())["rows"]}
+    assert set(rows) == {"mamba_ssm plain", "ours state offset"}
+    for r in rows.values():
+        assert len(r["samples"]["fwd"]) == len(r["samples"]["fwdbwd"]) == len(r["samples"]["wall"]) == 3
+        assert r["fwdbwd_ms"] == sorted(r["samples"]["fwdbwd"])[1]  # the median of three
+        assert r["peak_extra_mb"] == 3.0
+    # round-robin: a round times every arm (forward, then forward+backward) before the next round starts
+    assert rows["mamba_ssm plain"]["samples"]["fwd"] == [1.0, 5.0, 9.0]
+    assert rows["ours state offset"]["samples"]["fwdbwd"] == [4.0, 8.0, 12.0]
+    # back to back: 50 calls between two readings of the clock (1 s), the GPU's end one reading later: ms a call
+    assert rows["ours state offset"]["samples"]["host"] == [20.0] * 3
+    assert rows["ours state offset"]["samples"]["wall"] == [40.0] * 3
+    assert rows["ours state offset"]["fwdbwd_vs_mamba_plain"] == pytest.approx(
+        rows["ours state offset"]["fwdbwd_ms"] / rows["mamba_ssm plain"]["fwdbwd_ms"])
+    assert all(calls[a] > 50 for a in calls)  # the back-to-back loop ran every arm
+    md = out.with_suffix(".md").read_text()
+    assert "| ours state offset |" in md and "Medians over 3 round-robin rounds" in md
+
+
+def test_bench_reference_scan_writes_its_table(tmp_path, monkeypatch):
+    mod = load("bench_reference_scan")
+    monkeypatch.setattr(mod, "MAMBA1", [(1, 4, 9, 2)])
+    monkeypatch.setattr(mod, "MAMBA2", [(1, 9, 2, 4, 2)])
+    out = tmp_path / "ref"
+    mod.main(["--repeat", "1", "--out", str(out)])
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert [r["shape"] for r in rows] == ["B1 D4 L9 N2", "B1 L9 H2 P4 N2"]
+    assert all(r["fwd_ms"] > 0 and r["fwd_bwd_ms"] > 0 for r in rows)
+    assert out.with_suffix(".md").read_text().count("\n| ") == 3  # header + two rows
