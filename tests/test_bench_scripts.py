@@ -1,6 +1,7 @@
 """The benchmark scripts' own bookkeeping on CPU, so that a GPU call (a few minutes of a small budget) does not
 end on a script error: benches/bench_ssd.py's rounds, medians, ratios and files with CPU stand-ins for its arms,
-and benches/bench_reference_scan.py end to end at tiny shapes. The numbers are not checked, the plumbing is."""
+benches/bench_reference_scan.py end to end at tiny shapes, and benches/bench_ssd_host.py in a child process. The
+numbers are not checked, the plumbing is."""
 from __future__ import annotations
 
 import importlib.util
@@ -87,3 +88,21 @@ def test_bench_reference_scan_writes_its_table(tmp_path, monkeypatch):
     assert [r["shape"] for r in rows] == ["B1 D4 L9 N2", "B1 L9 H2 P4 N2"]
     assert all(r["fwd_ms"] > 0 and r["fwd_bwd_ms"] > 0 for r in rows)
     assert out.with_suffix(".md").read_text().count("\n| ") == 3  # header + two rows
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mamba_ssm") is None or importlib.util.find_spec("triton") is None,
+                    reason="needs mamba_ssm's pure-Python parts and triton (scripts/setup.sh installs them)")
+def test_bench_ssd_host_runs_every_arm(tmp_path):
+    """In a child process: the script stubs Triton's launches and CUDA calls for the whole process."""
+    import os
+    import subprocess
+
+    out = tmp_path / "host"
+    path = [str(BENCHES.parent / "python"), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in path if p)}
+    proc = subprocess.run([sys.executable, str(BENCHES / "bench_ssd_host.py"), "--calls", "3", "--rounds", "1",
+                           "--out", str(out)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert [r["arm"] for r in rows][:3] == ["mamba_ssm plain", "mamba_ssm initial state", "ours plain"]
+    assert len({r["launches"] for r in rows}) == 1 and rows[0]["launches"] > 0  # same kernels launched in every arm
