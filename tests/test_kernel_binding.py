@@ -1,0 +1,69 @@
+"""The Mamba-1 CUDA binding's functions (cuda/selective_scan/binding.cpp) against the calls ops/kernels.py makes:
+pybind11 binds arguments by position, so an argument inserted on one side only would shift every later one, and
+without a GPU nothing else here would notice. Read from the sources: same number of arguments, each C++ `bool` fed
+a Python bool, each tensor parameter fed the Python variable of that name (or its known alias)."""
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BINDING = ROOT / "cuda" / "selective_scan" / "binding.cpp"
+CALLER = ROOT / "python" / "ssm_offset" / "ops" / "kernels.py"
+
+# C++ parameter name -> the Python variable the caller passes for it
+ALIAS = {"h0": "initial_state", "hoff": "state_offset", "yoff": "y_offset", "dout": "dy", "dfinal": "dfinal_state",
+         "softplus": "delta_softplus", "time_major": "tm"}
+OUTPUTS = {"y", "du", "ddelta", "dz"}  # buffers the caller allocates (empty_scan_like), not inputs
+
+
+def cpp_params(name: str) -> list[tuple[str, str]]:
+    """(kind, name) of each parameter of the function `name` defined in binding.cpp; kind: tensor, optional, bool."""
+    src = BINDING.read_text()
+    m = re.search(rf"\b{name}\(([^()]*)\)\s*\{{", src)
+    assert m, f"{BINDING}: no definition of {name}(...)"
+    params = []
+    for p in " ".join(m.group(1).split()).split(","):
+        p = p.strip()
+        kind = "bool" if p.startswith("bool ") else "optional" if "Opt" in p else "tensor" if "Tensor" in p else p
+        params.append((kind, re.split(r"[\s&*]+", p)[-1]))
+    return params
+
+
+def python_calls() -> dict[str, list[ast.expr]]:
+    calls = {}
+    for node in ast.walk(ast.parse(CALLER.read_text())):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and isinstance(node.func.value, ast.Name) and node.func.value.id == "ext"):
+            assert not node.keywords, f"{CALLER}:{node.lineno}: ext.{node.func.attr} takes positional arguments only"
+            calls[node.func.attr] = node.args
+    return calls
+
+
+def is_bool(arg: ast.expr) -> bool:
+    return (isinstance(arg, ast.Call) and isinstance(arg.func, ast.Name) and arg.func.id == "bool") or (
+        isinstance(arg, ast.Name) and arg.id == "tm")
+
+
+@pytest.mark.parametrize("name", ["fwd", "bwd", "step"])
+def test_python_calls_match_the_binding_argument_for_argument(name):
+    params, args = cpp_params(name), python_calls().get(name)
+    assert args is not None, f"{CALLER}: no call ext.{name}(...)"
+    assert len(args) == len(params), f"ext.{name}: {len(args)} arguments passed, binding.cpp takes {len(params)}"
+    for i, ((kind, pname), arg) in enumerate(zip(params, args)):
+        where = f"ext.{name} argument {i} ({pname}, {kind}) gets `{ast.unparse(arg)}`"
+        assert is_bool(arg) == (kind == "bool"), where
+        if kind != "bool" and pname not in OUTPUTS:
+            names = {n.id for n in ast.walk(arg) if isinstance(n, ast.Name)}
+            want = ALIAS.get(pname, pname)
+            assert want in names or want + "_" in names, where
+
+
+def test_the_check_reads_what_it_should():
+    """The parser itself: the forward's parameters as written in binding.cpp today."""
+    kinds = [k for k, _ in cpp_params("fwd")]
+    assert kinds.count("bool") == 2 and kinds[0] == "tensor" and kinds[-1] == "tensor"
+    assert [n for _, n in cpp_params("fwd")][:3] == ["u", "delta", "A"]
