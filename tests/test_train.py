@@ -358,3 +358,13 @@ def test_config_errors_name_the_key(tmp_path):
         Trainer(tiny_mamba2(), cfg(tmp_path), [])
     with pytest.raises(TrainConfigError, match="sdt_warmup_steps"):
         Trainer(get_peft_model(tiny_mamba1(), config_for("sdt")), cfg(tmp_path), random_pairs(8, vocab=30)).train()
+
+
+def test_read_log_leaves_out_a_last_line_cut_short_and_names_a_bad_line(tmp_path):
+    """A killed run (or one still writing) can leave its last record half written; anything else is corruption."""
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo')
+    assert read_log(log) == [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}]
+    log.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo\n{"step": 3, "loss": 1.0}\n')
+    with pytest.raises(ValueError, match=r"log.jsonl, line 2: not a JSON record"):
+        read_log(log)

@@ -511,8 +511,20 @@ def _progress(enabled: bool, total: int, initial: int):
 
 
 def read_log(path) -> List[Dict[str, Any]]:
-    """The records of a log.jsonl."""
-    return [json.loads(l) for l in Path(path).read_text().splitlines() if l.strip()]
+    """The records of a log.jsonl. A last line cut short is left out: it is a record still being written, or the
+    one a killed run was writing (a resumed run drops it too). A bad line anywhere else is an error naming it."""
+    lines = Path(path).read_text().splitlines()
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            if number == len(lines):
+                break
+            raise ValueError(f"{path}, line {number}: not a JSON record ({exc.msg}): {line[:80]!r}") from None
+    return records
 
 
 __all__ = ["Trainer", "TrainConfig", "lr_factor", "token_loss_sum", "trained_state", "load_trained_state",
