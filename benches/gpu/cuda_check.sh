@@ -27,7 +27,7 @@ if [ "$STAGE" = tests ]; then
   timeout -s INT 100 python3 -m pytest -q --tb=short -p no:cacheprovider tests/test_cuda_adapters.py 2>&1 \
     | tee $OUT/test_cuda_adapters.log | tail -6
   t "Mamba-2 SSD bench"
-  timeout 150 python3 benches/bench_ssd.py --max-configs 4 --out $OUT/ssd-h100 2>&1 | tail -14
+  timeout 180 python3 benches/bench_ssd.py --max-configs 4 --rounds 2 --out $OUT/ssd-h100 2>&1 | tail -14
   t "baselines: $(tail -2 /tmp/build-baselines.log 2>/dev/null | tr '\n' ' ')"
 else
   t "waiting for baselines"
