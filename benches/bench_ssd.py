@@ -19,6 +19,7 @@ import argparse
 import platform
 import sys
 import time
+from statistics import median
 
 import torch
 
@@ -35,10 +36,11 @@ def bench(fn, warmup=50, rep=300):
     return do_bench(fn, warmup=warmup, rep=rep, return_mode="median")
 
 
-def make_inputs(grad):
-    b, l, h, p, n = SHAPE
-    kw = dict(device="cuda")
-    bf = torch.bfloat16
+def make_inputs(grad, shape=SHAPE, device="cuda", dtype=torch.bfloat16):
+    """Every arm's inputs: x, dt, B, C in `dtype`, the rest fp32 (benches/bench_ssd_host.py asks for tiny CPU ones)."""
+    b, l, h, p, n = shape
+    kw = dict(device=device)
+    bf = dtype
     t = dict(
         x=torch.randn(b, l, h, p, dtype=bf, **kw),
         dt=(torch.rand(b, l, h, **kw) - 3.0).to(bf),
@@ -56,10 +58,11 @@ def make_inputs(grad):
     return t
 
 
-def fwd_bwd(fn):
-    """One forward+backward of an arm on fresh inputs that require grad, as a closure (inputs held by it)."""
-    t = make_inputs(True)
-    dy = torch.randn(SHAPE[:4], dtype=torch.bfloat16, device="cuda")
+def fwd_bwd(fn, **inputs):
+    """One forward+backward of an arm on fresh inputs that require grad (make_inputs' keywords), as a closure
+    (inputs held by it)."""
+    t = make_inputs(True, **inputs)
+    dy = torch.randn_like(t["x"])
 
     def fb():
         for v in t.values():
@@ -69,7 +72,7 @@ def fwd_bwd(fn):
     return fb
 
 
-def arms():
+def arms(chunk=CHUNK):
     from ssm_offset.ops.ssd import kernel as ssd_kernel, ssd_scan
 
     m = ssd_kernel._mamba_ssd()
@@ -80,7 +83,7 @@ def arms():
 
     def mamba(init=False, offset=False):
         def fn(t):
-            y = m.mamba_chunk_scan_combined(t["x"], t["dt"], t["A"], t["B"], t["C"], CHUNK, D=t["D"],
+            y = m.mamba_chunk_scan_combined(t["x"], t["dt"], t["A"], t["B"], t["C"], chunk, D=t["D"],
                                             dt_bias=t["dt_bias"], dt_softplus=True,
                                             initial_states=t["h0"] if init else None)
             if offset:
@@ -92,7 +95,7 @@ def arms():
         def fn(t):
             kw = {k: t[v] for k, v in adapter.items()}
             return ssd_scan(t["x"], t["dt"], t["A"], t["B"], t["C"], D=t["D"], dt_bias=t["dt_bias"],
-                            dt_softplus=True, chunk_size=CHUNK, **kw)
+                            dt_softplus=True, chunk_size=chunk, **kw)
         return fn
 
     return {
@@ -118,11 +121,6 @@ def back_to_back(fn, calls=50):
     torch.cuda.synchronize()
     wall = time.perf_counter() - start
     return host / calls * 1e3, wall / calls * 1e3
-
-
-def _median(xs):
-    xs = sorted(xs)
-    return 0.5 * (xs[(len(xs) - 1) // 2] + xs[len(xs) // 2])
 
 
 def main(argv=None):
@@ -163,9 +161,9 @@ def main(argv=None):
                   f"back to back: host {host:6.3f} wall {wall:6.3f} ms", flush=True)
     rows = []
     for name, s in samples.items():
-        rows.append(dict(arm=name, fwd_ms=_median(s["fwd"]), fwdbwd_ms=_median(s["fwdbwd"]),
+        rows.append(dict(arm=name, fwd_ms=median(s["fwd"]), fwdbwd_ms=median(s["fwdbwd"]),
                          fwdbwd_spread_ms=max(s["fwdbwd"]) - min(s["fwdbwd"]),
-                         host_ms=_median(s["host"]), b2b_wall_ms=_median(s["wall"]),
+                         host_ms=median(s["host"]), b2b_wall_ms=median(s["wall"]),
                          peak_extra_mb=peaks[name], samples=s))
     plain = {r["arm"]: r for r in rows}["mamba_ssm plain"]
     for r in rows:

@@ -14,16 +14,18 @@ import argparse
 import contextlib
 import os
 import platform
-import statistics
 import sys
 import time
 import types
+from statistics import median
 
 import torch
 
 from _results import emit
+from bench_ssd import arms, fwd_bwd, make_inputs
 
 SHAPE = (1, 64, 2, 16, 16)  # batch, L, heads, headdim, d_state: small, so that no arm's arithmetic counts
+# (the arms, their inputs and the forward+backward closure are bench_ssd.py's)
 CHUNK = 64
 
 
@@ -52,36 +54,6 @@ def stub_gpu(kernel_module):
     return launches
 
 
-def make_inputs():
-    b, l, h, p, n = SHAPE
-    g = torch.Generator().manual_seed(0)
-    t = dict(x=torch.randn(b, l, h, p, generator=g), dt=torch.rand(b, l, h, generator=g) - 3,
-             A=-torch.rand(h, generator=g) - 0.5, B=torch.randn(b, l, 1, n, generator=g),
-             C=torch.randn(b, l, 1, n, generator=g), D=torch.randn(h, generator=g),
-             dt_bias=torch.rand(h, generator=g) - 1, h=0.1 * torch.randn(h, p, n, generator=g),
-             h0=0.1 * torch.randn(b, h, p, n, generator=g))
-    for v in t.values():
-        v.requires_grad_(True)
-    return t
-
-
-def arms(m):
-    from ssm_offset.ops.ssd import ssd_scan
-
-    def mamba(init=False):
-        return lambda t: m.mamba_chunk_scan_combined(t["x"], t["dt"], t["A"], t["B"], t["C"], CHUNK, D=t["D"],
-                                                     dt_bias=t["dt_bias"], dt_softplus=True,
-                                                     initial_states=t["h0"] if init else None)
-
-    def ours(**adapter):
-        return lambda t: ssd_scan(t["x"], t["dt"], t["A"], t["B"], t["C"], D=t["D"], dt_bias=t["dt_bias"],
-                                  dt_softplus=True, chunk_size=CHUNK, **{k: t[v] for k, v in adapter.items()})
-
-    return {"mamba_ssm plain": mamba(), "mamba_ssm initial state": mamba(init=True), "ours plain": ours(),
-            "ours state offset": ours(state_offset="h"), "ours initial state": ours(initial_state="h0"),
-            "ours offset + initial state": ours(state_offset="h", initial_state="h0")}
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--calls", type=int, default=300)
@@ -90,41 +62,35 @@ def main(argv=None):
     args = ap.parse_args(argv)
     from ssm_offset.ops.ssd import kernel as ssd_kernel
 
-    m = ssd_kernel._mamba_ssd()
-    if m is None:
+    if ssd_kernel._mamba_ssd() is None:
         sys.exit(f"bench_ssd_host: {ssd_kernel._error}")
     launches = stub_gpu(ssd_kernel)
+    inputs = dict(shape=SHAPE, device="cpu", dtype=torch.float32)
     calls = {}
-    for name, fn in arms(m).items():
-        t, dy = make_inputs(), torch.randn(SHAPE[:4])
+    for name, fn in arms(chunk=CHUNK).items():
+        if name.startswith("reference"):  # the post-scan einsum arm: its host cost is mamba_ssm's plus one op
+            continue
+        t = make_inputs(False, **inputs)
 
         def fwd(fn=fn, t=t):
             with torch.no_grad():
                 fn(t)
 
-        def fwd_bwd(fn=fn, t=t, dy=dy):
-            for v in t.values():
-                v.grad = None
-            fn(t).backward(dy)
-
-        calls[name] = (fwd, fwd_bwd)
+        calls[name] = (fwd, fwd_bwd(fn, **inputs))
         for _ in range(10):
-            fwd_bwd()
-    samples = {name: ([], [], 0.0) for name in calls}
+            calls[name][1]()
+    samples = {name: {"fwd": [], "fwd_bwd": [], "launches": 0.0} for name in calls}
     for _ in range(args.rounds):
-        for name, (fwd, fwd_bwd) in calls.items():
-            times = []
-            for f in (fwd, fwd_bwd):
+        for name, (fwd, fb) in calls.items():
+            for key, f in (("fwd", fwd), ("fwd_bwd", fb)):
                 launches[0] = 0
                 start = time.perf_counter()
                 for _ in range(args.calls):
                     f()
-                times.append((time.perf_counter() - start) / args.calls * 1e3)
-            samples[name][0].append(times[0])
-            samples[name][1].append(times[1])
-            samples[name] = (*samples[name][:2], launches[0] / args.calls)
-    rows = [dict(arm=name, fwd_ms=statistics.median(f), fwd_bwd_ms=statistics.median(fb), launches=n)
-            for name, (f, fb, n) in samples.items()]
+                samples[name][key].append((time.perf_counter() - start) / args.calls * 1e3)
+            samples[name]["launches"] = launches[0] / args.calls  # of the forward+backward, timed last
+    rows = [dict(arm=name, fwd_ms=median(s["fwd"]), fwd_bwd_ms=median(s["fwd_bwd"]), launches=s["launches"])
+            for name, s in samples.items()]
     base = rows[0]
     meta = dict(machine=f"{platform.machine()} CPU, {os.cpu_count()} cores", torch=torch.__version__,
                 python=platform.python_version(), date=time.strftime("%Y-%m-%d %H:%M:%S"),
