@@ -22,6 +22,7 @@ from ssm_offset.ops.selective_scan.naive import selective_scan_naive
 from ssm_offset.ops.selective_scan.step import selective_scan_step_reference
 
 from closeness import TOL, ErrorLog, check
+from test_scan import mixer_views
 
 pytestmark = pytest.mark.cuda
 
@@ -280,12 +281,7 @@ def test_time_major_views_match_contiguous_inputs(length, dtype, mixed):
     case = dict(length=length, nstate=16, groups=1, dtype=dtype, z=True, D=True, delta_bias=True, softplus=True,
                 initial_state="shared", state_offset="row", y_offset="shared")
     t = _inputs(case, batch=2, dim=64, seed=77)
-    views = dict(t)
-    views["delta"] = t["delta"].transpose(1, 2).contiguous().transpose(1, 2)
-    xz = torch.cat([t["u"], t["z"]], 1).transpose(1, 2).contiguous()
-    views["z"] = xz.transpose(1, 2)[:, 64:]
-    bc = torch.cat([t["B"], t["C"]], 1).transpose(1, 2).contiguous()
-    views["B"], views["C"] = bc.transpose(1, 2).split([16, 16], 1)
+    views = mixer_views(t)
     if mixed:
         views["z"], views["C"] = t["z"], t["C"]
     dy = torch.randn_like(t["u"]).transpose(1, 2).contiguous().transpose(1, 2)

@@ -209,15 +209,21 @@ def test_ops_compile_fullgraph_forward_and_backward():
     assert grads[0][1][list(x).index("state_offset")].abs().sum() > 0
 
 
-def _time_major_inputs(b, d, l, n, gen):
-    """delta and z as the Mamba-1 mixer hands them over: transposed views of projection outputs."""
-    x = s6_inputs(b, d, l, n, None, gen, dtype=torch.float32)
+def mixer_views(x):
+    """The same values, with delta, z, B and C (one group) as the Mamba-1 mixer hands them over: transposed views
+    of projection outputs. Also used by tests/test_cuda_selective_scan.py."""
+    d, n = x["u"].shape[1], x["B"].shape[-2]
+    x = dict(x)
     x["delta"] = x["delta"].transpose(1, 2).contiguous().transpose(1, 2)
     xz = torch.cat([x["u"], x["z"]], 1).transpose(1, 2).contiguous()  # (b, l, 2d), as in_proj writes it
     x["z"] = xz.transpose(1, 2)[:, d:]
     bc = torch.cat([x["B"], x["C"]], 1).transpose(1, 2).contiguous()  # (b, l, 2n), as x_proj writes it
     x["B"], x["C"] = bc.transpose(1, 2).split([n, n], 1)
     return x
+
+
+def _time_major_inputs(b, d, l, n, gen):
+    return mixer_views(s6_inputs(b, d, l, n, None, gen, dtype=torch.float32))
 
 
 def test_scan_outputs_follow_time_major_inputs():
