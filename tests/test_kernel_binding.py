@@ -17,7 +17,7 @@ CALLER = ROOT / "python" / "ssm_offset" / "ops" / "kernels.py"
 # C++ parameter name -> the Python variable the caller passes for it
 ALIAS = {"h0": "initial_state", "hoff": "state_offset", "yoff": "y_offset", "dout": "dy", "dfinal": "dfinal_state",
          "softplus": "delta_softplus", "time_major": "tm"}
-OUTPUTS = {"y", "du", "ddelta", "dz"}  # buffers the caller allocates (empty_scan_like), not inputs
+OUTPUTS = {"y", "du", "ddelta", "dz"}  # buffers the caller allocates, not inputs
 
 
 def cpp_params(name: str) -> list[tuple[str, str]]:
@@ -34,12 +34,25 @@ def cpp_params(name: str) -> list[tuple[str, str]]:
 
 
 def python_calls() -> dict[str, list[ast.expr]]:
+    """The arguments of each ext.<name>(...) call, with `*helper(...)` replaced by the tuple the module-level
+    function `helper` returns (the scan's shared inputs, _scan_inputs)."""
+    tree = ast.parse(CALLER.read_text())
+    returned = {f.name: r.value.elts for f in tree.body if isinstance(f, ast.FunctionDef)
+                for r in ast.walk(f) if isinstance(r, ast.Return) and isinstance(r.value, ast.Tuple)}
     calls = {}
-    for node in ast.walk(ast.parse(CALLER.read_text())):
+    for node in ast.walk(tree):
         if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
                 and isinstance(node.func.value, ast.Name) and node.func.value.id == "ext"):
             assert not node.keywords, f"{CALLER}:{node.lineno}: ext.{node.func.attr} takes positional arguments only"
-            calls[node.func.attr] = node.args
+            args = []
+            for arg in node.args:
+                if isinstance(arg, ast.Starred):
+                    helper = arg.value.func.id if isinstance(arg.value, ast.Call) else None
+                    assert helper in returned, f"{CALLER}:{node.lineno}: cannot read `{ast.unparse(arg)}`"
+                    args += returned[helper]
+                else:
+                    args.append(arg)
+            calls[node.func.attr] = args
     return calls
 
 

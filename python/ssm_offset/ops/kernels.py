@@ -155,6 +155,19 @@ def _laid_out(t: Optional[torch.Tensor], tm: bool) -> Optional[torch.Tensor]:
     return t.transpose(rows, time).contiguous().transpose(rows, time) if tm else t.contiguous()
 
 
+def _scan_inputs(tm, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, state_offset, y_offset,
+                 seq_idx):
+    """The inputs the binding's scan functions share (its `common`), in its order, cast and laid out as the kernels
+    read them: u channel-major, delta, B, C, z time-major where tm (cuda/selective_scan/selective_scan.h)."""
+    dt = u.dtype
+    return (
+        _laid_out(u, False), _laid_out(delta.to(dt), tm), _f32(A), _laid_out(_grouped(B, dt, True), tm),
+        _laid_out(_grouped(C, dt, True), tm), _f32(D), _laid_out(None if z is None else z.to(dt), tm),
+        _f32(delta_bias), bool(delta_softplus), tm, _f32(initial_state), _f32(state_offset), _f32(y_offset),
+        _i32(seq_idx),
+    )
+
+
 def _usable(u: torch.Tensor) -> bool:
     return u.dtype in _KERNEL_DTYPES and u.numel() > 0
 
@@ -167,14 +180,12 @@ def _fwd_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state
     if ext is None:
         return selective_scan_fwd_reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                                             initial_state, state_offset, y_offset, seq_idx)
-    dt, tm = u.dtype, time_major(delta)
-    y, final = ext.fwd(
-        _laid_out(u, False), _laid_out(delta.to(dt), tm), _f32(A), _laid_out(_grouped(B, dt, True), tm),
-        _laid_out(_grouped(C, dt, True), tm), _f32(D), _laid_out(None if z is None else z.to(dt), tm),
-        _f32(delta_bias), bool(delta_softplus), tm, _f32(initial_state), _f32(state_offset), _f32(y_offset),
-        _i32(seq_idx), empty_scan_like(delta, dt),
+    tm = time_major(delta)
+    return ext.fwd(
+        *_scan_inputs(tm, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, state_offset,
+                      y_offset, seq_idx),
+        empty_scan_like(delta, u.dtype),
     )
-    return y, final
 
 
 def _bwd_cuda(dy, dfinal_state, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
@@ -186,14 +197,12 @@ def _bwd_cuda(dy, dfinal_state, u, delta, A, B, C, D, z, delta_bias, delta_softp
         return selective_scan_bwd_reference(dy, dfinal_state, u, delta, A, B, C, D, z, delta_bias,
                                             delta_softplus, initial_state, state_offset, y_offset, seq_idx)
     dt, tm = u.dtype, time_major(delta)
-    u_ = _laid_out(u, False)
     grads = ext.bwd(
-        _laid_out(dy.to(dt), tm), _f32(dfinal_state), u_, _laid_out(delta.to(dt), tm), _f32(A),
-        _laid_out(_grouped(B, dt, True), tm), _laid_out(_grouped(C, dt, True), tm), _f32(D),
-        _laid_out(None if z is None else z.to(dt), tm), _f32(delta_bias), bool(delta_softplus), tm,
-        _f32(initial_state), _f32(state_offset), _f32(y_offset), _i32(seq_idx),
-        empty_scan_like(u_), empty_scan_like(delta, dt), None if z is None else empty_scan_like(delta, dt),
-    )
+        _laid_out(dy.to(dt), tm), _f32(dfinal_state),
+        *_scan_inputs(tm, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, state_offset,
+                      y_offset, seq_idx),
+        u.new_empty(u.shape), empty_scan_like(delta, dt), None if z is None else empty_scan_like(delta, dt),
+    )  # du channel-major like the u the kernels read, ddelta and dz laid out like delta
     inputs = (u, delta, A, B, C, D, z, delta_bias, initial_state, state_offset, y_offset)
     out = [torch.empty(0, device=u.device) if x is None else g.reshape(x.shape).to(x.dtype)
            for g, x in zip(grads, inputs)]
