@@ -2,7 +2,6 @@
 and a few made-up records per task in the shared data layout; two seeds as two runs, then merged. Checks the
 plumbing the GPU run gets one shot at, not the numbers."""
 import csv
-import importlib.util
 import json
 import random
 from pathlib import Path
@@ -12,16 +11,11 @@ import torch
 
 from ssm_offset.models import Mamba2Config, model_from_config
 
+from test_bench_scripts import load_bench
+
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = ROOT / "python" / "ssm_offset" / "data" / "bundled" / "tokenizer.json"
 WORDS = "the a film cat ran good bad very is was not on red green house".split()
-
-
-def bench():
-    spec = importlib.util.spec_from_file_location("adapt_tasks", ROOT / "benches" / "adapt_tasks.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def sentence(r, n=6):
@@ -62,7 +56,7 @@ def setup(tmp_path_factory):
     model = model_from_config(Mamba2Config(vocab_size=2048, hidden_size=32, state_size=8, num_hidden_layers=2,
                                            num_heads=2, head_dim=32, n_groups=1, eos_token_id=0, pad_token_id=0))
     model.save_pretrained(tmp / "base")
-    return tmp, bench()
+    return tmp, load_bench("adapt_tasks")
 
 
 def test_prepare_copies_exactly_the_needed_files(setup):

@@ -17,8 +17,9 @@ import torch
 BENCHES = Path(__file__).resolve().parents[1] / "benches"
 
 
-def load(name):
-    sys.path.insert(0, str(BENCHES))  # the scripts import benches/_results.py as their sibling
+def load_bench(name):
+    """benches/<name>.py as a module (also used by tests/test_adapt_tasks.py)."""
+    sys.path.insert(0, str(BENCHES))  # the scripts import their siblings (benches/_results.py, bench_ssd.py)
     try:
         spec = importlib.util.spec_from_file_location(name, BENCHES / f"{name}.py")
         mod = importlib.util.module_from_spec(spec)
@@ -29,7 +30,7 @@ def load(name):
 
 
 def test_bench_ssd_rounds_medians_and_files(tmp_path, monkeypatch):
-    mod = load("bench_ssd")
+    mod = load_bench("bench_ssd")
     for name, value in (("synchronize", lambda: None), ("memory_allocated", lambda: 0),
                         ("max_memory_allocated", lambda: 3 << 20), ("reset_peak_memory_stats", lambda: None),
                         ("get_device_name", lambda: "cpu stand-in")):
@@ -79,7 +80,7 @@ def test_bench_ssd_rounds_medians_and_files(tmp_path, monkeypatch):
 
 
 def test_bench_reference_scan_writes_its_table(tmp_path, monkeypatch):
-    mod = load("bench_reference_scan")
+    mod = load_bench("bench_reference_scan")
     monkeypatch.setattr(mod, "MAMBA1", [(1, 4, 9, 2)])
     monkeypatch.setattr(mod, "MAMBA2", [(1, 9, 2, 4, 2)])
     out = tmp_path / "ref"
