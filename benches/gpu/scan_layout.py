@@ -43,6 +43,26 @@ def make_inputs(b, d, length, n, mixer=False):
     return (u, delta, A, B, C, D, z, bias), off
 
 
+def leaves_of(inputs, off):
+    """The tensors a forward+backward differentiates (u, delta, z, B, C, D, delta_bias, the offset), now leaves."""
+    return [t.requires_grad_() for t in (*inputs[:2], inputs[6], *inputs[3:6], inputs[7], off)]
+
+
+def passes(call, inputs, off, used, mixer):
+    """A forward without autograd and a forward+backward into `used`, with dy laid out like the mixer's if mixer."""
+    y = call(inputs, off)
+    dy = torch.randn_like(y.transpose(1, 2)).transpose(1, 2) if mixer else torch.randn_like(y)
+
+    def fwd():
+        with torch.no_grad():
+            call(inputs, off)
+
+    def fwd_bwd():
+        torch.autograd.grad(call(inputs, off), used, dy)
+
+    return fwd, fwd_bwd
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tag", default=os.environ.get("SSM_OFFSET_NVCC_FLAGS", "") or "default")
@@ -62,19 +82,9 @@ def main() -> None:
     rows = []
     for b, d, length, n in shapes:
         inputs, off = make_inputs(b, d, length, n, args.mixer)
-        leaves = [t.requires_grad_() for t in (*inputs[:2], inputs[6], *inputs[3:6], inputs[7], off)]
+        leaves = leaves_of(inputs, off)
         for arm, call in arms.items():
-            y = call(inputs, off)
-            dy = torch.randn_like(y.transpose(1, 2)).transpose(1, 2) if args.mixer else torch.randn_like(y)
-            used = leaves if arm == "ours" else leaves[:-1]
-
-            def fwd():
-                with torch.no_grad():
-                    call(inputs, off)
-
-            def fwd_bwd():
-                torch.autograd.grad(call(inputs, off), used, dy)
-
+            fwd, fwd_bwd = passes(call, inputs, off, leaves if arm == "ours" else leaves[:-1], args.mixer)
             f, fb = timed(fwd), timed(fwd_bwd)
             rows.append({"arm": arm, "shape": [b, d, length, n], "fwd_ms": round(f, 4), "fwd_bwd_ms": round(fb, 4),
                          "bwd_ms": round(fb - f, 4)})

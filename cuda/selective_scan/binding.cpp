@@ -168,7 +168,8 @@ std::tuple<Tensor, Tensor> fwd(const Tensor &u, const Tensor &delta, const Tenso
   p.y = y.data_ptr();
   p.final_state = final_state.data_ptr<float>();
   if (p.len == 0 || p.batch == 0 || p.dim == 0) return {y, final_state};
-  const Tensor seg = split_time(p, ssm_offset::fwd_segments(p), 1, false, u.options().dtype(at::kFloat));
+  p.tp = ssm_offset::time_parallel(p, false);
+  const Tensor seg = split_time(p, p.tp ? 1 : ssm_offset::fwd_segments(p), 1, false, u.options().dtype(at::kFloat));
   auto stream = c10::cuda::getCurrentCUDAStream();
   switch (dtype_code(u)) {
     case 0: ssm_offset::launch_fwd_f32(p, stream); break;
@@ -217,10 +218,13 @@ std::vector<Tensor> bwd(const Tensor &dout, const Opt &dfinal, const Tensor &u, 
   p.dhoff = mptr(dhoff);
   p.dyoff = mptr(dyoff);
   if (p.len > 0 && p.batch > 0 && p.dim > 0) {
-    const int chunk = ssm_offset::bwd_chunk_len(p.nstate, p.batch * p.dim);
+    p.tp = ssm_offset::time_parallel(p, true);
+    const int chunk = p.tp ? ssm_offset::tp_chunk_len() : ssm_offset::bwd_chunk_len(p.nstate, p.batch * p.dim);
     const long long nch = (p.len + chunk - 1) / chunk;
-    const Tensor seg = split_time(p, ssm_offset::bwd_segments(p), chunk, true, f32);
-    Tensor ckpt = at::empty({p.batch, nch, p.dim, ssm_offset::padded_state(p.nstate, p.batch * p.dim)}, f32);
+    const Tensor seg = split_time(p, p.tp ? 1 : ssm_offset::bwd_segments(p), chunk, true, f32);
+    // the time-parallel backward checkpoints (batch, dim, chunk, N) per 256 steps; the other (batch, chunk, dim, Npad)
+    Tensor ckpt = p.tp ? at::empty({p.batch, p.dim, nch, p.nstate}, f32)
+                       : at::empty({p.batch, nch, p.dim, ssm_offset::padded_state(p.nstate, p.batch * p.dim)}, f32);
     p.ckpt = ckpt.data_ptr<float>();
     auto stream = c10::cuda::getCurrentCUDAStream();
     switch (dtype_code(u)) {

@@ -59,6 +59,9 @@ struct ScanParams {
   // the segments' start states; adjoint_kernel each segment's adjoint at its start from a zero one at its end
   // (adj_loc); compose_adjoint the adjoint each segment ends on (adj_end; the last one's is dfinal).
   float *adj_loc, *adj_end;
+  // Nonzero: the time-parallel kernels (selective_scan_tp.cuh) instead, with no split (nseg = 1); the backward's
+  // ckpt is then (batch, dim, ceil(len / tp_chunk_len()), nstate).
+  int tp;
 };
 
 struct StepParams {
@@ -89,6 +92,15 @@ void launch_compose_adjoint(const ScanParams &p, cudaStream_t s);
 // multiprocessors when batch x channels alone cannot (SSM_OFFSET_SEGMENTS overrides; 1 disables).
 int fwd_segments(const ScanParams &p);
 int bwd_segments(const ScanParams &p);
+
+// Whether the forward / backward takes the time-parallel kernels (selective_scan_tp.cuh): SSM_OFFSET_TIME_PARALLEL=1
+// always, =0 never; unset, where they were faster on an H100 (benches/results/kernels-tp-h100.md): channel-major
+// inputs (time-major ones cost them uncoalesced loads), N <= 16 (what was measured), and batch x channels in
+// (kTimeParallelFrom, kTimeParallelTo] (fewer leave too few warps; more fill the GPU without a time split).
+constexpr long long kTimeParallelFrom = 1024, kTimeParallelTo = 16384;
+bool time_parallel(const ScanParams &p, bool backward);
+// The time-parallel backward's chunk (its checkpoint interval)
+int tp_chunk_len();
 
 // Length of one backward chunk (the checkpoint interval) for a state size and batch x dim channels;
 // the caller sizes ckpt as (batch, ceil(len / chunk), dim, padded_state(...)) floats.

@@ -831,6 +831,14 @@ __global__ void __launch_bounds__(kThreads) step_kernel(StepParams p) {
   }
 }
 
+}  // namespace detail
+}  // namespace ssm_offset
+
+#include "selective_scan_tp.cuh"
+
+namespace ssm_offset {
+namespace detail {
+
 template <int CPB>
 inline dim3 scan_grid(const ScanParams &p) {
   const int per_group = (p.dim / p.groups + CPB - 1) / CPB;
@@ -873,6 +881,7 @@ void launch_fwd_layout(const ScanParams &p, cudaStream_t s) {
 
 template <typename T>
 void launch_fwd(const ScanParams &p, cudaStream_t s) {
+  if (p.tp) return tp::launch_fwd<T>(p, s);
   SSM_OFFSET_DISPATCH_NSTATE(p.nstate, p.batch * p.dim < narrow_below(false), {
     if (p.time_major) launch_fwd_layout<T, NPT, LPC, true>(p, s);
     else launch_fwd_layout<T, NPT, LPC, false>(p, s);
@@ -905,6 +914,7 @@ void launch_bwd_layout(const ScanParams &p, cudaStream_t s) {
 
 template <typename T>
 void launch_bwd(const ScanParams &p, cudaStream_t s) {
+  if (p.tp) return tp::launch_bwd<T>(p, s);
   SSM_OFFSET_DISPATCH_NSTATE(p.nstate, p.batch * p.dim < narrow_below(true), {
     if (p.time_major) launch_bwd_layout<T, NPT, LPC, true>(p, s);
     else launch_bwd_layout<T, NPT, LPC, false>(p, s);

@@ -61,10 +61,15 @@ void launch_compose(const ScanParams &p, cudaStream_t s) {
 
 namespace {
 
+int env_int(const char *name, int fallback) {
+  const char *e = std::getenv(name);
+  return e && *e ? std::atoi(e) : fallback;
+}
+
 // Segments enough for the grid to fill the multiprocessors' block slots where batch x channels alone leave at least
 // half of them empty (splitting costs a summary pass and a compose), each at least 4 chunks long.
 int segments(const ScanParams &p, bool backward) {
-  static const int forced = [] { const char *e = std::getenv("SSM_OFFSET_SEGMENTS"); return e ? std::atoi(e) : 0; }();
+  static const int forced = env_int("SSM_OFFSET_SEGMENTS", 0);
   static const int sms = [] {
     int dev = 0, n = 0;
     cudaGetDevice(&dev);
@@ -87,6 +92,18 @@ int segments(const ScanParams &p, bool backward) {
 
 int fwd_segments(const ScanParams &p) { return segments(p, false); }
 int bwd_segments(const ScanParams &p) { return segments(p, true); }
+
+bool time_parallel(const ScanParams &p, bool) {
+  // read at every call (not cached like the layout switches) so that a test or benchmark can run both families in one
+  // process
+  const int forced = env_int("SSM_OFFSET_TIME_PARALLEL", -1);
+  if (forced >= 0) return forced > 0;
+  if (env_int("SSM_OFFSET_SEGMENTS", 0) > 0) return false;  // a split was asked for: that is the other family
+  const long long channels = (long long)p.batch * p.dim;
+  return !p.time_major && p.nstate <= 16 && channels > kTimeParallelFrom && channels <= kTimeParallelTo;
+}
+
+int tp_chunk_len() { return 32 * detail::tp::kBwdItems; }
 
 int bwd_chunk_len(int nstate, int channels) {
   int len = 0;

@@ -109,11 +109,27 @@ def status() -> str:
     return f"{_selective_scan_status()}; {ssd_kernel.status()}"
 
 
+def _kernel_family() -> str:
+    """Which Mamba-1 kernels the extension takes (it reads SSM_OFFSET_TIME_PARALLEL at every call, as atoi; unset:
+    its own rule, cuda/selective_scan/selective_scan.h time_parallel)."""
+    raw = os.environ.get("SSM_OFFSET_TIME_PARALLEL", "").strip()
+    if not raw:
+        return ("channel-parallel; time-parallel for channel-major inputs with N <= 16 and 1,025..16,384 "
+                "batch x channels")
+    try:
+        forced = int(raw) > 0
+    except ValueError:
+        forced = False
+    return "time-parallel (SSM_OFFSET_TIME_PARALLEL)" if forced else "channel-parallel (SSM_OFFSET_TIME_PARALLEL)"
+
+
 def _selective_scan_status() -> str:
     if not enabled():
         return "PyTorch reference on every device (kernels disabled by SSM_OFFSET_KERNELS=0)"
     if _ext is not None:
-        return "CUDA kernels (ssm_offset::selective_scan_*) for CUDA tensors; PyTorch reference for CPU tensors"
+        family = _kernel_family()
+        return (f"CUDA kernels (ssm_offset::selective_scan_*, {family}) for CUDA tensors; "
+                "PyTorch reference for CPU tensors")
     if _error is not None:
         return f"PyTorch reference on every device ({_error})"
     if torch.cuda.is_available():
