@@ -63,7 +63,7 @@ __device__ __forceinline__ float sigmoid(float x) { return 1.f / (1.f + __expf(-
 #define SSM_OFFSET_BWD_BLOCKS 4
 #endif
 #ifndef SSM_OFFSET_FWD_WIDE_BLOCKS
-#define SSM_OFFSET_FWD_WIDE_BLOCKS 8
+#define SSM_OFFSET_FWD_WIDE_BLOCKS 4
 #endif
 #ifndef SSM_OFFSET_FWD_UNROLL
 #define SSM_OFFSET_FWD_UNROLL 16
@@ -78,9 +78,11 @@ struct Cfg {
   // blocks per SM the register allocation must allow: the whole grid of the common shapes then fits
   // in one wave (e.g. 1024 blocks at B=8, D=4096 on 132 SMs)
   // N in 17..64 at 8 blocks (64 registers) spills inside the unrolled time loop (ptxas: up to 276 bytes; SASS:
-  // local loads between the steps' exponentials); at 4 it spills nothing. Which is faster is not yet measured.
+  // local loads between the steps' exponentials); at 4 it spills nothing. Measured on an H100 (mixer layout,
+  // benches/results/wide-blocks-h100.md): at N = 24 (32 padded states) 8 blocks are faster all the same (0.528 against
+  // 0.766 ms forward at 8x1536x1024), at N = 64 4 blocks (1.264 against 1.580 ms).
   static constexpr int kFwdMinBlocks =
-      (NPT <= 4 && kNpad <= 16) ? 8 : (NPT <= 4 && kNpad <= 64) ? SSM_OFFSET_FWD_WIDE_BLOCKS : 4;
+      (NPT <= 4 && kNpad <= 32) ? 8 : (NPT <= 4 && kNpad <= 64) ? SSM_OFFSET_FWD_WIDE_BLOCKS : 4;
   static constexpr int kBwdMinBlocks = NPT <= 4 ? SSM_OFFSET_BWD_BLOCKS : 2;
 };
 
