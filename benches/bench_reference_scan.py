@@ -7,15 +7,12 @@
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
-import sys
 import time
 
 import torch
 
-from _results import emit
+from _results import cpu_meta, emit
 
 MAMBA1 = [(4, 512, 256, 16), (2, 1536, 512, 16)]  # batch, channels, L, d_state
 MAMBA2 = [(4, 256, 8, 64, 64)]  # batch, L, heads, headdim, d_state
@@ -84,9 +81,7 @@ def main(argv=None):
         fwd_bwd = timed(make(*dims, grad=True), args.repeat)
         rows.append(dict(op=op, shape=shape, fwd_ms=fwd, fwd_bwd_ms=fwd_bwd))
         print(f"{op:24s} {shape:22s} fwd {fwd:8.1f} ms   fwd+bwd {fwd_bwd:8.1f} ms", flush=True)
-    meta = dict(machine=f"{platform.machine()} CPU, {os.cpu_count()} cores", threads=torch.get_num_threads(),
-                torch=torch.__version__, python=platform.python_version(), date=time.strftime("%Y-%m-%d %H:%M:%S"),
-                command="python benches/bench_reference_scan.py " + " ".join(argv if argv is not None else sys.argv[1:]))
+    meta = cpu_meta("bench_reference_scan.py", argv, threads=torch.get_num_threads())
     lines = [f"# Scan references on CPU ({meta['machine']}, {meta['threads']} threads)", "",
              f"`{meta['command']}` — torch {meta['torch']}, {meta['date']}. fp32, with a State offset; "
              f"median of {args.repeat}.", "",

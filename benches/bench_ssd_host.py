@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
-import platform
 import sys
 import time
 import types
@@ -21,7 +19,7 @@ from statistics import median
 
 import torch
 
-from _results import emit
+from _results import cpu_meta, emit
 from bench_ssd import arms, fwd_bwd, make_inputs
 
 SHAPE = (1, 64, 2, 16, 16)  # batch, L, heads, headdim, d_state: small, so that no arm's arithmetic counts
@@ -92,10 +90,7 @@ def main(argv=None):
     rows = [dict(arm=name, fwd_ms=median(s["fwd"]), fwd_bwd_ms=median(s["fwd_bwd"]), launches=s["launches"])
             for name, s in samples.items()]
     base = rows[0]
-    meta = dict(machine=f"{platform.machine()} CPU, {os.cpu_count()} cores", torch=torch.__version__,
-                python=platform.python_version(), date=time.strftime("%Y-%m-%d %H:%M:%S"),
-                shape="B1 L64 H2 P16 N16 chunk 64 fp32 (host time only)",
-                command="python benches/bench_ssd_host.py " + " ".join(argv if argv is not None else sys.argv[1:]))
+    meta = cpu_meta("bench_ssd_host.py", argv, shape="B1 L64 H2 P16 N16 chunk 64 fp32 (host time only)")
     lines = [f"# Mamba-2 SSD call, host time with kernels stubbed ({meta['machine']})", "",
              f"`{meta['command']}` — torch {meta['torch']}, Python {meta['python']}, {meta['date']}. "
              f"Median of {args.rounds} rounds of {args.calls} calls; Triton launches counted, not run.", "",

@@ -1,6 +1,7 @@
 """The benchmark scripts' own bookkeeping on CPU, so that a GPU call (a few minutes of a small budget) does not
 end on a script error: benches/bench_ssd.py's rounds, medians, ratios and files with CPU stand-ins for its arms,
-benches/bench_reference_scan.py end to end at tiny shapes, and benches/bench_ssd_host.py in a child process. The
+benches/bench_reference_scan.py end to end at tiny shapes, and benches/bench_ssd_host.py and bench_scan_host.py in
+a child process. The
 numbers are not checked, the plumbing is."""
 from __future__ import annotations
 
@@ -93,17 +94,32 @@ def test_bench_reference_scan_writes_its_table(tmp_path, monkeypatch):
 
 @pytest.mark.skipif(importlib.util.find_spec("mamba_ssm") is None or importlib.util.find_spec("triton") is None,
                     reason="needs mamba_ssm's pure-Python parts and triton (scripts/setup.sh installs them)")
-def test_bench_ssd_host_runs_every_arm(tmp_path):
-    """In a child process: the script stubs Triton's launches and CUDA calls for the whole process."""
+def _run_host_bench(script, out, *extra):
+    """A host-time script in a child process (each stubs kernels or CUDA calls for its whole process); its JSON."""
     import os
     import subprocess
 
-    out = tmp_path / "host"
     path = [str(BENCHES.parent / "python"), os.environ.get("PYTHONPATH", "")]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in path if p)}
-    proc = subprocess.run([sys.executable, str(BENCHES / "bench_ssd_host.py"), "--calls", "3", "--rounds", "1",
-                           "--out", str(out)], env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, str(BENCHES / script), "--calls", "3", "--rounds", "1", "--out", str(out),
+                           *extra], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    return json.loads(out.with_suffix(".json").read_text())
+
+
+def test_bench_ssd_host_runs_every_arm(tmp_path):
+    rows = _run_host_bench("bench_ssd_host.py", tmp_path / "host")["rows"]
     assert [r["arm"] for r in rows][:3] == ["mamba_ssm plain", "mamba_ssm initial state", "ours plain"]
     assert len({r["launches"] for r in rows}) == 1 and rows[0]["launches"] > 0  # same kernels launched in every arm
+
+
+def test_bench_scan_host_times_the_cuda_implementations(tmp_path):
+    """The Mamba-1 host-time script goes through ops/kernels.py's CUDA implementations (the stubbed extension saw
+    every forward and backward), not the reference, for each arm."""
+    result = _run_host_bench("bench_scan_host.py", tmp_path / "host", "--profile")
+    assert [r["arm"] for r in result["rows"]] == ["plain", "state offset", "initial state"]
+    assert all(r["fwd_ms"] > 0 and r["fwd_bwd_ms"] > r["fwd_ms"] for r in result["rows"])
+    # warm-up 20 and 1 round of 3 per arm, forward and forward+backward, plus 200 profiled forward+backward calls
+    assert result["stub_calls"] == {"fwd": 3 * (20 + 3) * 2 + 200, "bwd": 3 * (20 + 3) + 200}
+    assert "ncalls" in result["profile"] and "tottime" in result["profile"]
+
