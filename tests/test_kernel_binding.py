@@ -80,3 +80,25 @@ def test_the_check_reads_what_it_should():
     kinds = [k for k, _ in cpp_params("fwd")]
     assert kinds.count("bool") == 2 and kinds[0] == "tensor" and kinds[-1] == "tensor"
     assert [n for _, n in cpp_params("fwd")][:3] == ["u", "delta", "A"]
+
+
+@pytest.mark.parametrize("value, family", [(None, "rule"), ("", "rule"), ("1", "time-parallel"),
+                                           ("2", "time-parallel"), ("0", "channel-parallel"),
+                                           ("no", "channel-parallel")])
+def test_info_states_the_kernel_family_rule_the_extension_applies(monkeypatch, value, family):
+    """`ssm-offset info` describes which Mamba-1 kernels run as step.cu's time_parallel() decides it: the variable read
+    as C's atoi (unset or empty: the rule), and the rule's channel bounds as selective_scan.h defines them."""
+    from ssm_offset.ops import kernels
+
+    if value is None:
+        monkeypatch.delenv("SSM_OFFSET_TIME_PARALLEL", raising=False)
+    else:
+        monkeypatch.setenv("SSM_OFFSET_TIME_PARALLEL", value)
+    text = kernels._kernel_family()
+    if family == "rule":
+        header = (ROOT / "cuda" / "selective_scan" / "selective_scan.h").read_text()
+        lo, hi = (int(v) for v in re.search(r"kTimeParallelFrom = (\d+), kTimeParallelTo = (\d+);", header).groups())
+        assert f"{lo + 1:,}..{hi:,} batch x channels" in text, text
+        assert "N <= 16" in text and "p.nstate <= 16" in (ROOT / "cuda/selective_scan/step.cu").read_text()
+    else:
+        assert text.startswith(family), text
