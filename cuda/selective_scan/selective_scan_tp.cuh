@@ -8,7 +8,9 @@
 // is a chain of affine maps: a lane folds its IT maps, the warp scans the lanes' folds (log2 32 shuffle rounds),
 // and the chunk's carry-in (per n, in shared memory) gives every lane the state before its first step, from which
 // it replays its steps and reads out C_t,n (h_t + h'_n) into y_t. A document restart at t is the map
-// h -> a_t h_0 + b_t (the previous state dropped), so packed rows scan the same way.
+// h -> a_t h_0 + b_t (the previous state dropped), so packed rows scan the same way. Which family a call takes is
+// step.cu's time_parallel(): these kernels for channel-major inputs with N <= 16 and 1,025..16,384 batch x channels,
+// where they measured faster (benches/results/kernels-tp-h100.md).
 //
 // Backward: P_t = a_t G_t, the adjoint that flows from h_t into h_{t-1}, obeys P_t = a_t (dy_t C_t + P_{t+1})
 // (G_t = dy_t C_t + P_{t+1} the whole gradient of h_t; P_L = dfinal): affine again, scanned the same way in
