@@ -48,6 +48,8 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float
 // torch's softplus (threshold 20) and its derivative
 __device__ __forceinline__ float softplus(float x) { return x <= 20.f ? log1pf(__expf(x)) : x; }
 __device__ __forceinline__ float sigmoid(float x) { return 1.f / (1.f + __expf(-x)); }
+// dΔ/d(δ + bias) at x = δ + bias: softplus's derivative, or 1 without softplus
+__device__ __forceinline__ float dsoftplus(bool softplus, float x) { return (!softplus || x > 20.f) ? 1.f : sigmoid(x); }
 
 // Chunk lengths and the backward's register budget, measured on an H100 (benches/results/kernels-h100-staging.md):
 // forward chunks of 16 at 32 channels per block and backward chunks of 8 keep the staged next chunk in registers
@@ -336,7 +338,7 @@ struct Staged {
         if (qd.r < bp.nrows && qd.t < tl) {
           const float x = to_f(dl_) + ch.bias[qd.r];
           dt = p.softplus ? softplus(x) : x;
-          dsp = (!p.softplus || x > 20.f) ? 1.f : sigmoid(x);
+          dsp = dsoftplus(p.softplus, x);
         }
         s.dt[qd.r][qd.t] = dt;
         if constexpr (GRAD) {
@@ -833,6 +835,13 @@ __global__ void __launch_bounds__(kThreads) step_kernel(StepParams p) {
   }
 }
 
+// Blocks of CPB channels, none straddling a B/C group: (groups x blocks per group, batch)
+template <int CPB>
+inline dim3 scan_grid(const ScanParams &p) {
+  const int per_group = (p.dim / p.groups + CPB - 1) / CPB;
+  return dim3(p.groups * per_group, p.batch);
+}
+
 }  // namespace detail
 }  // namespace ssm_offset
 
@@ -840,12 +849,6 @@ __global__ void __launch_bounds__(kThreads) step_kernel(StepParams p) {
 
 namespace ssm_offset {
 namespace detail {
-
-template <int CPB>
-inline dim3 scan_grid(const ScanParams &p) {
-  const int per_group = (p.dim / p.groups + CPB - 1) / CPB;
-  return dim3(p.groups * per_group, p.batch);
-}
 
 // (NPT, LPC) by state size: 4 states per lane up to 128 states, 8 beyond; LPC lanes cover them.
 // Few channels (batch x D below a threshold) leave most of the GPU idle with 4 states per lane: then (NARROW)

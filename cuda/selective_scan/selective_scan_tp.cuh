@@ -81,15 +81,13 @@ __device__ __forceinline__ float lane_start(float a, float b, float x, int lane,
 struct Chan1 {
   BlockPos bp;
   int d;
-  int nrows;  // the block's channels (warps past them idle)
-  bool active;
+  bool active;  // bp.nrows: the block's channels; warps past them idle
   float bias, D, yoff;
   const float *h0, *hoff;  // this channel's (N) rows, or null
   __device__ __forceinline__ explicit Chan1(const ScanParams &p) {
     const BlockPos blk = block_pos(p, kWarps);
     const int warp = threadIdx.x / 32;
-    nrows = blk.nrows;
-    active = warp < nrows;
+    active = warp < blk.nrows;
     bp = blk;
     d = bp.d0 = blk.d0 + (active ? warp : 0);  // an idle warp reads channel d0's inputs and writes nothing
     bias = p.delta_bias ? p.delta_bias[d] : 0.f;
@@ -100,11 +98,6 @@ struct Chan1 {
     hoff = p.hoff ? p.hoff + bp.b * p.hoff_bstride + dn : nullptr;
   }
 };
-
-// dΔ/d(δ + bias) at x = δ + bias
-__device__ __forceinline__ float dsoftplus(const ScanParams &p, float x) {
-  return (!p.softplus || x > 20.f) ? 1.f : sigmoid(x);
-}
 
 // This lane's IT steps from tb: u, Δ = softplus(δ + bias) (zero past L), and a bit per step where a document starts.
 template <typename T, int IT, bool TM>
@@ -213,7 +206,9 @@ __device__ __forceinline__ void with_restarts(unsigned rst, F &&body) {
 }
 
 // Per warp and state, in dynamic shared memory: (A_n log2 e, h_0,n, h'_n, 0), read with one 16-byte load a state
-// where three global loads and their address arithmetic stood.
+// where three global loads and their address arithmetic stood. After them the kernels keep per warp and state one
+// carry (the forward) or a carry and the dA, dh', dh0 sums (the backward): the floats a state takes in all.
+constexpr size_t kFwdStateFloats = 4 + 1, kBwdStateFloats = 4 + 1 + 3;
 __device__ __forceinline__ float4 *state_consts(const ScanParams &p, const Chan1 &ch, float4 *dyn) {
   const int warp = threadIdx.x / 32, N = p.nstate;
   float4 *con = dyn + warp * N;
@@ -489,7 +484,7 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_kernel(ScanParams p) {
             float sb = 0.f, sc = 0.f;
 #pragma unroll
             for (int w = 0; w < kWarps; ++w) {
-              if (w < ch.nrows) {
+              if (w < ch.bp.nrows) {
                 sb += s_bc[buf][0][w][i % IT][i / IT];
                 sc += s_bc[buf][1][w][i % IT][i / IT];
               }
@@ -514,7 +509,7 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_kernel(ScanParams p) {
             dzr[row_off<TM>(p.sdz, 0, t)] = from_f<T>(go * yv * sg * (1.f + zz * (1.f - sg)));
           }
           dur[t] = from_f<T>(du[j] + ch.D * dy[j]);
-          const float dd = ddt[j] * dsoftplus(p, to_f(dlr[row_off<TM>(p.sdelta, 0, t)]) + ch.bias);
+          const float dd = ddt[j] * dsoftplus(p.softplus, to_f(dlr[row_off<TM>(p.sdelta, 0, t)]) + ch.bias);
           ddr[row_off<TM>(p.sddelta, 0, t)] = from_f<T>(dd);
           dD += dy[j] * u[j];
           dY += dy[j];
@@ -540,12 +535,7 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_kernel(ScanParams p) {
   }
 }
 
-inline dim3 grid(const ScanParams &p) {
-  const int per_group = (p.dim / p.groups + kWarps - 1) / kWarps;
-  return dim3(p.groups * per_group, p.batch);
-}
-
-// The per-state constants and carries live in dynamic shared memory (kWarps x N floats each, `floats` per state);
+// The per-state constants and carries live in dynamic shared memory (kWarps x N x `floats`: k*StateFloats);
 // beyond the static tiles that can pass the 48 KB a launch gets by default (the backward at N = 256), so the kernel
 // is then allowed the total.
 template <typename K>
@@ -556,7 +546,7 @@ void launch(K kernel, const ScanParams &p, size_t floats, cudaStream_t s) {
   if (attr.sharedSizeBytes + dyn > 48 * 1024) {
     cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(dyn));
   }
-  kernel<<<grid(p), kThreads, dyn, s>>>(p);
+  kernel<<<scan_grid<kWarps>(p), kThreads, dyn, s>>>(p);
 }
 
 // B and C read by each lane straight from global memory: channel-major, every lane's run starting 16-byte aligned
@@ -572,16 +562,16 @@ bool direct(const ScanParams &p) {
 
 template <typename T>
 void launch_fwd(const ScanParams &p, cudaStream_t s) {
-  if (p.time_major) launch(fwd_kernel<T, kFwdItems, true, false>, p, 5, s);
-  else if (direct<T, kFwdItems>(p)) launch(fwd_kernel<T, kFwdItems, false, true>, p, 5, s);
-  else launch(fwd_kernel<T, kFwdItems, false, false>, p, 5, s);
+  if (p.time_major) launch(fwd_kernel<T, kFwdItems, true, false>, p, kFwdStateFloats, s);
+  else if (direct<T, kFwdItems>(p)) launch(fwd_kernel<T, kFwdItems, false, true>, p, kFwdStateFloats, s);
+  else launch(fwd_kernel<T, kFwdItems, false, false>, p, kFwdStateFloats, s);
 }
 
 template <typename T>
 void launch_bwd(const ScanParams &p, cudaStream_t s) {
-  if (p.time_major) launch(bwd_kernel<T, kBwdItems, true, false>, p, 8, s);
-  else if (direct<T, kBwdItems>(p)) launch(bwd_kernel<T, kBwdItems, false, true>, p, 8, s);
-  else launch(bwd_kernel<T, kBwdItems, false, false>, p, 8, s);
+  if (p.time_major) launch(bwd_kernel<T, kBwdItems, true, false>, p, kBwdStateFloats, s);
+  else if (direct<T, kBwdItems>(p)) launch(bwd_kernel<T, kBwdItems, false, true>, p, kBwdStateFloats, s);
+  else launch(bwd_kernel<T, kBwdItems, false, false>, p, kBwdStateFloats, s);
 }
 
 }  // namespace tp

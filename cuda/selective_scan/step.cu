@@ -66,10 +66,16 @@ int env_int(const char *name, int fallback) {
   return e && *e ? std::atoi(e) : fallback;
 }
 
+// SSM_OFFSET_SEGMENTS: a time split forced for measurement (read once, like the layout switches)
+int forced_segments() {
+  static const int forced = env_int("SSM_OFFSET_SEGMENTS", 0);
+  return forced;
+}
+
 // Segments enough for the grid to fill the multiprocessors' block slots where batch x channels alone leave at least
 // half of them empty (splitting costs a summary pass and a compose), each at least 4 chunks long.
 int segments(const ScanParams &p, bool backward) {
-  static const int forced = env_int("SSM_OFFSET_SEGMENTS", 0);
+  const int forced = forced_segments();
   static const int sms = [] {
     int dev = 0, n = 0;
     cudaGetDevice(&dev);
@@ -98,7 +104,7 @@ bool time_parallel(const ScanParams &p, bool) {
   // process
   const int forced = env_int("SSM_OFFSET_TIME_PARALLEL", -1);
   if (forced >= 0) return forced > 0;
-  if (env_int("SSM_OFFSET_SEGMENTS", 0) > 0) return false;  // a split was asked for: that is the other family
+  if (forced_segments() > 0) return false;  // a split was asked for: that is the other family
   const long long channels = (long long)p.batch * p.dim;
   return !p.time_major && p.nstate <= 16 && channels > kTimeParallelFrom && channels <= kTimeParallelTo;
 }
