@@ -30,10 +30,13 @@ class StubExtension:
 
     def fwd(self, u, delta, A, B, C, D, z, delta_bias, softplus, time_major, h0, hoff, yoff, seq_idx, y):
         self.calls["fwd"] += 1
-        return y, torch.empty(u.shape[0], u.shape[1], A.shape[1])
+        from ssm_offset.ops.selective_scan.op import chunk_count
+
+        b, d, n = u.shape[0], u.shape[1], A.shape[1]
+        return y, torch.empty(b, d, n), torch.empty(b, d, chunk_count(u.shape[2]), n)
 
     def bwd(self, dout, dfinal, u, delta, A, B, C, D, z, delta_bias, softplus, time_major, h0, hoff, yoff, seq_idx,
-            du, ddelta, dz):
+            states, du, ddelta, dz):
         self.calls["bwd"] += 1
         zeros = lambda t: None if t is None else torch.zeros(t.shape)  # noqa: E731
         return [du, ddelta, zeros(A), zeros(B), zeros(C), zeros(D), dz, zeros(delta_bias), zeros(h0), zeros(hoff),

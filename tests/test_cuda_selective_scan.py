@@ -19,6 +19,7 @@ import torch
 from ssm_offset.ops import kernels
 from ssm_offset.ops.selective_scan import selective_scan, selective_scan_step
 from ssm_offset.ops.selective_scan.naive import selective_scan_naive
+from ssm_offset.ops.selective_scan.op import STATES_EVERY
 from ssm_offset.ops.selective_scan.step import selective_scan_step_reference
 
 from closeness import TOL, ErrorLog, check
@@ -155,6 +156,20 @@ def kernel_path(request, monkeypatch):
     return request.param
 
 
+def _check_chunk_states(t, kw, seed, label=""):
+    """The forward op's third output, the state at every STATES_EVERY-step chunk start that the time-parallel backward
+    starts from, against the float64 reference's (both families write it; which one ran is the kernel_path's)."""
+    args = lambda d: [d.get(k) for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]  # noqa: E731
+    rest = lambda d: [d.get(k) for k in ("initial_state", "state_offset", "y_offset")]  # noqa: E731
+    soft, seq = kw["delta_softplus"], kw.get("seq_idx")
+    _poison()
+    got = torch.ops.ssm_offset.selective_scan_fwd(*args(t), soft, *rest(t), seq)[2]
+    ref = {k: v.double() for k, v in t.items() if v is not None}
+    want = selective_scan_naive(*args(ref), soft, *rest(ref), seq, states_every=STATES_EVERY)[2]
+    assert got.shape == want.shape, (got.shape, want.shape)
+    _close(f"chunk_states{label}", got, want, torch.float32, seed)
+
+
 @pytest.mark.parametrize("case", CASES, ids=[_id(c) for c in CASES])
 def test_forward_backward_matches_float64_reference(case, kernel_path):
     seed = torch.seed() % (2**31)
@@ -171,6 +186,7 @@ def test_forward_backward_matches_float64_reference(case, kernel_path):
     y_ref, final_ref = selective_scan_naive(**ref_leaves, **kw)
     _close("y", y, y_ref, dt, seed)
     _close("final_state", final, final_ref, torch.float32, seed)
+    _check_chunk_states({k: v for k, v in t.items() if v is not None}, kw, seed)
 
     dy = torch.randn_like(y)
     dfinal = torch.randn_like(final)
@@ -224,6 +240,7 @@ def test_document_boundaries_match_float64_reference(case, kernel_path):
     y_ref, final_ref = selective_scan_naive(**ref_leaves, **kw)
     _close("y (seq_idx)", y, y_ref, dt, seed)
     _close("final_state (seq_idx)", final, final_ref, torch.float32, seed)
+    _check_chunk_states({k: v for k, v in t.items() if v is not None}, kw, seed, " (seq_idx)")
     dy, dfinal = torch.randn_like(y), torch.randn_like(final)
     _poison()
     torch.autograd.backward((y, final), (dy, dfinal))

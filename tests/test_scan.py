@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from ssm_offset.ops import ScanShapeError, selective_scan, selective_scan_step, ssd_scan, ssd_step
+from ssm_offset.ops.selective_scan import selective_scan_naive
 from ssm_offset.ops.ssd import ssd_chunked, ssd_naive
 
 f64 = torch.float64
@@ -210,8 +211,9 @@ def test_ops_compile_fullgraph_forward_and_backward():
 
 
 def mixer_views(x):
-    """The same values, with delta, z, B and C (one group) as the Mamba-1 mixer hands them over: transposed views
-    of projection outputs. Also used by tests/test_cuda_selective_scan.py."""
+    """The same values, with delta, z, B and C (one group) as transposed views of projection outputs (batch, L, ·),
+    time-major, which the scan takes without copies (the Mamba-1 mixer hands B and C over so). Also used by
+    tests/test_cuda_selective_scan.py."""
     d, n = x["u"].shape[1], x["B"].shape[-2]
     x = dict(x)
     x["delta"] = x["delta"].transpose(1, 2).contiguous().transpose(1, 2)
@@ -220,6 +222,29 @@ def mixer_views(x):
     bc = torch.cat([x["B"], x["C"]], 1).transpose(1, 2).contiguous()  # (b, l, 2n), as x_proj writes it
     x["B"], x["C"] = bc.transpose(1, 2).split([n, n], 1)
     return x
+
+
+def test_forward_op_returns_the_state_at_every_chunk_start():
+    """The forward op's third output (what the time-parallel backward starts its chunks from): chunk k's entry is the
+    state a scan of the first k·STATES_EVERY steps ends on, a document start at a chunk's first step included."""
+    from ssm_offset.ops.selective_scan.op import STATES_EVERY
+
+    every = STATES_EVERY
+    x = s6_inputs(2, 3, 2 * every + 5, 4, None, torch.Generator().manual_seed(12))
+    seq = torch.zeros(2, 2 * every + 5, dtype=torch.long)
+    seq[0, every:] = 1
+    seq[0, every + 3:] = 2
+    names = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+    for s in (None, seq):
+        _, _, states = torch.ops.ssm_offset.selective_scan_fwd(
+            *(x[k] for k in names), True, x["initial_state"], x["state_offset"], x["y_offset"], s)
+        assert states.shape == (2, 3, 3, 4) and states.dtype == f64
+        torch.testing.assert_close(states[:, :, 0], x["initial_state"].expand(2, 3, 4))
+        for k in (1, 2):
+            cut = k * every
+            prefix = {n: (v[..., :cut] if v.dim() == 3 else v) for n, v in x.items()}  # u, delta, z, B, C: over L
+            _, want = selective_scan_naive(**prefix, delta_softplus=True, seq_idx=None if s is None else s[:, :cut])
+            torch.testing.assert_close(states[:, :, k], want)
 
 
 def _time_major_inputs(b, d, l, n, gen):

@@ -155,21 +155,26 @@ ssm_offset::ScanParams common(const Tensor &u, const Tensor &delta, const Tensor
   return p;
 }
 
-// y: the output, shaped like u, laid out like delta (the caller allocates it)
-std::tuple<Tensor, Tensor> fwd(const Tensor &u, const Tensor &delta, const Tensor &A, const Tensor &B,
-                               const Tensor &C, const Opt &D, const Opt &z, const Opt &delta_bias,
-                               bool softplus, bool time_major, const Opt &h0, const Opt &hoff,
-                               const Opt &yoff, const Opt &seq_idx, const Tensor &y) {
+// y: the output, shaped like u, laid out like delta (the caller allocates it). Returns y, the final state and the
+// states every kStatesEvery steps (ScanParams::states).
+std::tuple<Tensor, Tensor, Tensor> fwd(const Tensor &u, const Tensor &delta, const Tensor &A, const Tensor &B,
+                                       const Tensor &C, const Opt &D, const Opt &z, const Opt &delta_bias,
+                                       bool softplus, bool time_major, const Opt &h0, const Opt &hoff,
+                                       const Opt &yoff, const Opt &seq_idx, const Tensor &y) {
   const c10::cuda::CUDAGuard guard(u.device());
   auto p = common(u, delta, A, B, C, D, z, delta_bias, softplus, time_major, h0, hoff, yoff, seq_idx);
   check_like(y, u, "y", false);
   p.sy = strides(y, p.time_major, "y");
-  Tensor final_state = at::empty({p.batch, p.dim, p.nstate}, u.options().dtype(at::kFloat));
+  const auto f32 = u.options().dtype(at::kFloat);
+  Tensor final_state = at::empty({p.batch, p.dim, p.nstate}, f32);
+  Tensor states = at::empty({p.batch, p.dim, (p.len + ssm_offset::kStatesEvery - 1) / ssm_offset::kStatesEvery,
+                             p.nstate}, f32);
   p.y = y.data_ptr();
   p.final_state = final_state.data_ptr<float>();
-  if (p.len == 0 || p.batch == 0 || p.dim == 0) return {y, final_state};
+  p.states = states.data_ptr<float>();
+  if (p.len == 0 || p.batch == 0 || p.dim == 0) return {y, final_state, states};
   p.tp = ssm_offset::time_parallel(p, false);
-  const Tensor seg = split_time(p, p.tp ? 1 : ssm_offset::fwd_segments(p), 1, false, u.options().dtype(at::kFloat));
+  const Tensor seg = split_time(p, p.tp ? 1 : ssm_offset::fwd_segments(p), ssm_offset::kSegmentAlign, false, f32);
   auto stream = c10::cuda::getCurrentCUDAStream();
   switch (dtype_code(u)) {
     case 0: ssm_offset::launch_fwd_f32(p, stream); break;
@@ -177,17 +182,18 @@ std::tuple<Tensor, Tensor> fwd(const Tensor &u, const Tensor &delta, const Tenso
     default: ssm_offset::launch_fwd_bf16(p, stream); break;
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return {y, final_state};
+  return {y, final_state, states};
 }
 
 // Gradients in the op's order (u, delta, A, B, C, D, z, delta_bias, initial_state, state_offset,
 // y_offset); undefined for absent inputs. A, B, C, D, delta_bias and the adapters come back fp32; du, ddelta
-// and dz are written into the tensors given (du channel-major, ddelta and dz laid out like delta).
+// and dz are written into the tensors given (du channel-major, ddelta and dz laid out like delta). chunk_states:
+// what fwd returned as its third output for these inputs.
 std::vector<Tensor> bwd(const Tensor &dout, const Opt &dfinal, const Tensor &u, const Tensor &delta,
                         const Tensor &A, const Tensor &B, const Tensor &C, const Opt &D, const Opt &z,
                         const Opt &delta_bias, bool softplus, bool time_major, const Opt &h0,
-                        const Opt &hoff, const Opt &yoff, const Opt &seq_idx, const Tensor &du,
-                        const Tensor &ddelta, const Opt &dz) {
+                        const Opt &hoff, const Opt &yoff, const Opt &seq_idx, const Tensor &chunk_states,
+                        const Tensor &du, const Tensor &ddelta, const Opt &dz) {
   const c10::cuda::CUDAGuard guard(u.device());
   auto p = common(u, delta, A, B, C, D, z, delta_bias, softplus, time_major, h0, hoff, yoff, seq_idx);
   check_like(dout, u, "dy", false);
@@ -219,13 +225,21 @@ std::vector<Tensor> bwd(const Tensor &dout, const Opt &dfinal, const Tensor &u, 
   p.dyoff = mptr(dyoff);
   if (p.len > 0 && p.batch > 0 && p.dim > 0) {
     p.tp = ssm_offset::time_parallel(p, true);
-    const int chunk = p.tp ? ssm_offset::tp_chunk_len() : ssm_offset::bwd_chunk_len(p.nstate, p.batch * p.dim);
+    const int chunk = p.tp ? ssm_offset::kStatesEvery : ssm_offset::bwd_chunk_len(p.nstate, p.batch * p.dim);
     const long long nch = (p.len + chunk - 1) / chunk;
     const Tensor seg = split_time(p, p.tp ? 1 : ssm_offset::bwd_segments(p), chunk, true, f32);
-    // the time-parallel backward checkpoints (batch, dim, chunk, N) per 256 steps; the other (batch, chunk, dim, Npad)
-    Tensor ckpt = p.tp ? at::empty({p.batch, p.dim, nch, p.nstate}, f32)
-                       : at::empty({p.batch, nch, p.dim, ssm_offset::padded_state(p.nstate, p.batch * p.dim)}, f32);
-    p.ckpt = ckpt.data_ptr<float>();
+    Tensor ckpt;
+    if (p.tp) {  // each chunk starts from the forward's states
+      const std::vector<int64_t> want{p.batch, p.dim, nch, p.nstate};
+      TORCH_CHECK(chunk_states.is_cuda() && chunk_states.scalar_type() == at::kFloat &&
+                      chunk_states.is_contiguous() && chunk_states.sizes().vec() == want,
+                  "chunk_states: expected the forward's contiguous float32 (batch, D, chunks, N) = (", p.batch, ", ",
+                  p.dim, ", ", nch, ", ", p.nstate, "), got ", chunk_states.sizes());
+      p.states = chunk_states.data_ptr<float>();
+    } else {  // the channel-parallel backward checkpoints every chunk of its own, (batch, chunk, dim, Npad)
+      ckpt = at::empty({p.batch, nch, p.dim, ssm_offset::padded_state(p.nstate, p.batch * p.dim)}, f32);
+      p.ckpt = ckpt.data_ptr<float>();
+    }
     auto stream = c10::cuda::getCurrentCUDAStream();
     switch (dtype_code(u)) {
       case 0: ssm_offset::launch_bwd_f32(p, stream); break;

@@ -40,6 +40,10 @@ struct ScanParams {
   // forward outputs
   void *y;             // (batch, dim, len), T, strides sy
   float *final_state;  // (batch, dim, nstate)
+  // The state at the start of every kStatesEvery-step chunk, (batch, dim, ceil(len / kStatesEvery), nstate): chunk
+  // k's is h after step k kStatesEvery - 1 (the initial state, or zero, for k = 0). The forward writes it (both
+  // families); the time-parallel backward starts each of its chunks from it instead of replaying the recurrence.
+  float *states;
   // backward
   const void *dout;       // (batch, dim, len), T, strides sdout
   const float *dfinal;    // (batch, dim, nstate) or null
@@ -47,7 +51,7 @@ struct ScanParams {
   // fp32 accumulators, zeroed by the caller (atomically accumulated): dA (dim, nstate), dB/dC like B,
   // dD/dbias (dim), dh0/dhoff/dyoff shaped like their inputs
   float *dA, *dB, *dC, *dD, *dbias, *dh0, *dhoff, *dyoff;
-  float *ckpt;  // workspace: the state at the start of every backward chunk
+  float *ckpt;  // the channel-parallel backward's workspace: the state at the start of every backward chunk
   // Time split of the forward (few channels): nseg segments of seg_len steps, one grid slice (blockIdx.z) each.
   // A summary pass writes each segment's end state from a zero start (seg_end) and Π exp(Δ A) since its last
   // document restart (seg_decay; 0 where it restarts); a compose pass turns them into every segment's start state
@@ -59,10 +63,18 @@ struct ScanParams {
   // the segments' start states; adjoint_kernel each segment's adjoint at its start from a zero one at its end
   // (adj_loc); compose_adjoint the adjoint each segment ends on (adj_end; the last one's is dfinal).
   float *adj_loc, *adj_end;
-  // Nonzero: the time-parallel kernels (selective_scan_tp.cuh) instead, with no split (nseg = 1); the backward's
-  // ckpt is then (batch, dim, ceil(len / tp_chunk_len()), nstate).
+  // Nonzero: the time-parallel kernels (selective_scan_tp.cuh) instead, with no split (nseg = 1); their backward
+  // reads `states` (the forward's) and needs no ckpt.
   int tp;
 };
+
+// The interval of ScanParams::states; ssm_offset/ops/selective_scan/op.py's STATES_EVERY is the same number. The
+// time-parallel kernels' chunk is this long, and the channel-parallel forward's time tiles and segments end on
+// multiples of it (kSegmentAlign).
+constexpr int kStatesEvery = 256;
+// The channel-parallel forward's time split: segments whole multiples of this (every forward tile length divides
+// it), so that each multiple of kStatesEvery inside a row is the end of some tile.
+constexpr int kSegmentAlign = 64;
 
 struct StepParams {
   int batch, dim, nstate, groups;
@@ -99,8 +111,6 @@ int bwd_segments(const ScanParams &p);
 // (kTimeParallelFrom, kTimeParallelTo] (fewer leave too few warps; more fill the GPU without a time split).
 constexpr long long kTimeParallelFrom = 1024, kTimeParallelTo = 16384;
 bool time_parallel(const ScanParams &p, bool backward);
-// The time-parallel backward's chunk (its checkpoint interval)
-int tp_chunk_len();
 
 // Length of one backward chunk (the checkpoint interval) for a state size and batch x dim channels;
 // the caller sizes ckpt as (batch, ceil(len / chunk), dim, padded_state(...)) floats.

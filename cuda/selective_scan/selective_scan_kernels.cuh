@@ -77,6 +77,8 @@ struct Cfg {
   static constexpr int kBs = kNpad + 4;  // B/C rows in shared memory, padded against bank conflicts
   static constexpr int kTf = kCpb >= 128 ? 16 : kCpb >= 64 ? 32 : kNpad >= 256 ? 16 : kNpad >= 128 ? 32 : kCpb >= 32 ? SSM_OFFSET_TF32 : 64;
   static constexpr int kTb = (NPT >= 8 || kCpb >= 64) ? 8 : SSM_OFFSET_TB;
+  static_assert(kSegmentAlign % kTf == 0 && kStatesEvery % kSegmentAlign == 0,
+                "forward tiles must end on every multiple of kStatesEvery (ScanParams::states)");
   // blocks per SM the register allocation must allow: the whole grid of the common shapes then fits
   // in one wave (e.g. 1024 blocks at B=8, D=4096 on 132 SMs)
   // N in 17..64 at 8 blocks (64 registers) spills inside the unrolled time loop (ptxas: up to 276 bytes; SASS:
@@ -397,6 +399,17 @@ __global__ void __launch_bounds__(kThreads, Cfg<NPT, LPC>::kFwdMinBlocks) fwd_ke
     ho[k] = (ok && p.hoff) ? p.hoff[bp.b * p.hoff_bstride + dn] : 0.f;
     decay[k] = 1.f;
   }
+  // h at a chunk start into ScanParams::states: the segments start and the tiles end on multiples of kSegmentAlign,
+  // so every multiple of kStatesEvery below L is the end of one tile (or the row's start)
+  auto save = [&](int t) {
+    if (!SUMMARY && active && t % kStatesEvery == 0 && t < p.len) {
+      float *row = p.states + (((long long)bp.b * p.dim + d) * ((p.len + kStatesEvery - 1) / kStatesEvery) +
+                               t / kStatesEvery) * N;
+#pragma unroll
+      for (int k = 0; k < NPT; ++k)
+        if (lane * NPT + k < N) row[lane * NPT + k] = h[k];
+    }
+  };
   ch.load(p, bp);
   Staged<T, CPB, TF, NPAD, !SUMMARY, false, TM> st;
   st.fetch(p, bp, T0, min(TF, T1 - T0));
@@ -405,6 +418,9 @@ __global__ void __launch_bounds__(kThreads, Cfg<NPT, LPC>::kFwdMinBlocks) fwd_ke
   for (int t0 = T0; t0 < T1; t0 += TF) {
     const int tl = min(TF, T1 - t0);
     st.commit(s, ch, p, bp, tl);
+    // here rather than at the tile's end, where the next tile's staged loads hold registers; a segment's start state
+    // is the previous segment's end state, saved there
+    if (t0 > T0 || seg == 0) save(t0);
     __syncthreads();
     if (t0 + TF < T1) st.fetch(p, bp, t0 + TF, min(TF, T1 - t0 - TF));
 #pragma unroll kFwdUnroll
@@ -456,6 +472,7 @@ __global__ void __launch_bounds__(kThreads, Cfg<NPT, LPC>::kFwdMinBlocks) fwd_ke
       __syncthreads();
     }
   }
+  save(T1);
   if (active) {
 #pragma unroll
     for (int k = 0; k < NPT; ++k) {

@@ -14,7 +14,7 @@
 //
 // Backward: P_t = a_t G_t, the adjoint that flows from h_t into h_{t-1}, obeys P_t = a_t (dy_t C_t + P_{t+1})
 // (G_t = dy_t C_t + P_{t+1} the whole gradient of h_t; P_L = dfinal): affine again, scanned the same way in
-// reverse. The state at each chunk start comes from a forward replay into a small workspace (batch, dim, chunks, N).
+// reverse. Each chunk starts from the state the forward saved there (ScanParams::states, (batch, dim, chunks, N)).
 // dB and dC are summed over a block's 4 channels (its warps) in shared memory, then added to the fp32 buffers with
 // one coalesced atomic per (n, t) and block.
 #pragma once
@@ -39,6 +39,9 @@ constexpr int kWarps = kThreads / 32;  // channels per block
 #define SSM_OFFSET_TP_STATES 8
 #endif
 constexpr int kFwdItems = SSM_OFFSET_TP_FWD_ITEMS, kBwdItems = SSM_OFFSET_TP_BWD_ITEMS;
+// the forward saves the state at every chunk start and the backward starts its chunks from them
+static_assert(32 * kFwdItems == kStatesEvery && 32 * kBwdItems == kStatesEvery,
+              "a time-parallel chunk must be ScanParams::states' interval");
 
 // Inclusive scan over the warp's lanes of the maps h -> a h + b, in time order (lane 0 first).
 __device__ __forceinline__ void scan_up(float &a, float &b, int lane) {
@@ -205,8 +208,9 @@ __device__ __forceinline__ void with_restarts(unsigned rst, F &&body) {
   else body(std::false_type{});
 }
 
-// Per warp and state, in dynamic shared memory: (A_n log2 e, h_0,n, h'_n, 0), read with one 16-byte load a state
-// where three global loads and their address arithmetic stood. After them the kernels keep per warp and state one
+// Per warp and state, in dynamic shared memory: (A_n log2 e, h_0,n, h'_n, w), read with one 16-byte load a state
+// where three global loads and their address arithmetic stood; w is the backward's state at the current chunk's start
+// (loaded per chunk, coalesced, from the forward's ScanParams::states). After them the kernels keep per warp and state one
 // carry (the forward) or a carry and the dA, dh', dh0 sums (the backward): the floats a state takes in all.
 constexpr size_t kFwdStateFloats = 4 + 1, kBwdStateFloats = 4 + 1 + 3;
 __device__ __forceinline__ float4 *state_consts(const ScanParams &p, const Chan1 &ch, float4 *dyn) {
@@ -246,6 +250,17 @@ struct Rows {
   }
 };
 
+// The state at the start of the chunk after the one at c0 (in h: the warp's carries, N of them), for the backward
+// (ScanParams::states[b][d][chunk][n]); chunk 0's, the initial state, with c0 = -kStatesEvery. Once a chunk, out of
+// the state loop, with the warp's lanes side by side.
+__device__ __forceinline__ void save_states(const ScanParams &p, const Chan1 &ch, int c0, const float *h) {
+  __syncwarp();  // lane 0's carries are in
+  const int k = c0 / kStatesEvery + 1, chunks = (p.len + kStatesEvery - 1) / kStatesEvery;
+  if (!ch.active || k >= chunks) return;
+  float *row = p.states + (((long long)ch.bp.b * p.dim + ch.d) * chunks + k) * p.nstate;
+  for (int n = threadIdx.x % 32; n < p.nstate; n += 32) row[n] = h[n];
+}
+
 template <typename T, int IT, bool TM, bool DIRECT>
 __global__ void __launch_bounds__(kThreads, 4) fwd_kernel(ScanParams p) {
   constexpr int kChunk = 32 * IT;
@@ -256,6 +271,7 @@ __global__ void __launch_bounds__(kThreads, 4) fwd_kernel(ScanParams p) {
   const float4 *con = state_consts(p, ch, s_dyn4);
   float *s_carry = reinterpret_cast<float *>(s_dyn4 + kWarps * N);  // [warp][n]: h at the current chunk's start
   for (int n = lane; n < N; n += 32) s_carry[warp * N + n] = con[n].y;
+  save_states(p, ch, -kStatesEvery, s_carry + warp * N);
   const T *Bg = group_ptr<T>(p.B, p.sB, ch.bp), *Cg = group_ptr<T>(p.C, p.sC, ch.bp);
   const T *zr = p.z ? row_ptr<TM, const T>(p.z, p.sz, ch.bp) : nullptr;
   T *yr = row_ptr<TM, T>(p.y, p.sy, ch.bp);
@@ -302,6 +318,7 @@ __global__ void __launch_bounds__(kThreads, 4) fwd_kernel(ScanParams p) {
         if (lane == 0) s_carry[warp * N + n] = next;
       }
     }
+    save_states(p, ch, c0, s_carry + warp * N);
     if (ch.active) {
 #pragma unroll
       for (int j = 0; j < IT; ++j) {
@@ -332,58 +349,18 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_kernel(ScanParams p) {
   const Chan1 ch(p);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, N = p.nstate, L = p.len, d = ch.d;
   const bool active = ch.active;
-  // per warp and state (dynamic, kWarps x N each): the carry (the state in 1., the adjoint from the next chunk in 2.);
-  // dA, dh', dh0 partial sums
+  // per warp and state (dynamic, kWarps x N each): the carry (the adjoint from the next chunk); dA, dh', dh0 partial
+  // sums
   extern __shared__ float4 s_dyn4[];
-  const float4 *con = state_consts(p, ch, s_dyn4);
+  float4 *con = state_consts(p, ch, s_dyn4);
   float *s_carry = reinterpret_cast<float *>(s_dyn4 + kWarps * N), *s_acc = s_carry + kWarps * N;
   const int nch = (L + kChunk - 1) / kChunk;
   const T *Bg = group_ptr<T>(p.B, p.sB, ch.bp), *Cg = group_ptr<T>(p.C, p.sC, ch.bp);
   const long long dn = (long long)d * N;
-  // the state at each chunk start but the first: ckpt[b][d][chunk][n]
-  float *ck = p.ckpt + ((long long)ch.bp.b * p.dim + d) * nch * N;
+  // the forward's state at each chunk start: states[b][d][chunk][n]
+  const float *saved = p.states + ((long long)ch.bp.b * p.dim + d) * nch * N;
 
-  // 1. replay the recurrence to the start of the last chunk, storing each chunk's starting state
-  for (int n = lane; n < N; n += 32) s_carry[warp * N + n] = con[n].y;
-  Rows<T, IT, DIRECT, false> fwd_rows;
-  if (nch > 1) fwd_rows.fetch(p, Bg, Cg, 0, lane * IT);
-  for (int c = 0; c + 1 < nch; ++c) {
-    const int tb = c * kChunk + lane * IT;
-    float dtu[IT], dt[IT];
-    unsigned rst;
-    {
-      float u[IT];
-      rst = load_steps<T, IT, TM>(p, ch, tb, u, dt);
-#pragma unroll
-      for (int j = 0; j < IT; ++j) dtu[j] = dt[j] * u[j];
-    }
-    for (int n0 = 0; n0 < N; n0 += kStates) {
-      if constexpr (!DIRECT) {
-        __syncthreads();
-        s.template stage<T, TM>(p, Bg, Cg, n0, c * kChunk);
-        __syncthreads();
-      }
-      for (int n = n0; n < min(N, n0 + kStates); ++n) {
-        const float A2 = con[n].x, h0n = con[n].y;
-        const float carry = s_carry[warp * N + n];
-        float next, Bv[IT], Cv[IT];
-        fwd_rows.take(p, Bg, Cg, s, n, n0, tb, kChunk, lane, Bv, Cv);
-        with_restarts(rst, [&](auto restarts) {
-          float a[IT], b[IT], fa, fb;
-          step_maps<IT, decltype(restarts)::value>(Bv, dtu, dt, rst, A2, h0n, a, b, fa, fb);
-          scan_up(fa, fb, lane);
-          lane_start<true>(fa, fb, carry, lane, next);
-        });
-        __syncwarp();
-        if (lane == 0) {
-          s_carry[warp * N + n] = next;
-          if (active) ck[(long long)(c + 1) * N + n] = next;
-        }
-      }
-    }
-  }
-
-  // 2. chunks in reverse
+  // chunks in reverse
   __syncwarp();
   for (int n = lane; n < N; n += 32) {
     s_carry[warp * N + n] = (active && p.dfinal) ? p.dfinal[((long long)ch.bp.b * p.dim + d) * N + n] : 0.f;
@@ -398,6 +375,8 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_kernel(ScanParams p) {
   rows.fetch(p, Bg, Cg, 0, (nch - 1) * kChunk + lane * IT);
   for (int c = nch - 1; c >= 0; --c) {
     const int tb = c * kChunk + lane * IT;
+    for (int n = lane; n < N; n += 32) con[n].w = saved[(long long)c * N + n];
+    __syncwarp();
     float u[IT], dt[IT], dy[IT], ddt[IT], du[IT], yp[IT];
     const unsigned rst = load_steps<T, IT, TM>(p, ch, tb, u, dt);
 #pragma unroll
@@ -421,8 +400,7 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_kernel(ScanParams p) {
       }
       for (int n = n0; n < min(N, n0 + kStates); ++n, buf ^= 1) {
         const float4 cn = con[n];
-        const float A2 = cn.x, h0n = cn.y, ho = cn.z;
-        const float hstart = c == 0 ? h0n : ck[(long long)c * N + n], carry = s_carry[warp * N + n];
+        const float A2 = cn.x, h0n = cn.y, ho = cn.z, hstart = cn.w, carry = s_carry[warp * N + n];
         float next, P, dA = 0.f, dh0 = 0.f, dho = 0.f, Bv[IT], Cv[IT];
         rows.take(p, Bg, Cg, s, n, n0, tb, -kChunk, lane, Bv, Cv);
         with_restarts(rst, [&](auto restarts) {

@@ -109,8 +109,6 @@ bool time_parallel(const ScanParams &p, bool) {
   return !p.time_major && p.nstate <= 16 && channels > kTimeParallelFrom && channels <= kTimeParallelTo;
 }
 
-int tp_chunk_len() { return 32 * detail::tp::kBwdItems; }
-
 int bwd_chunk_len(int nstate, int channels) {
   int len = 0;
   SSM_OFFSET_DISPATCH_NSTATE(nstate, channels < detail::narrow_below(true), { len = detail::Cfg<NPT, LPC>::kTb; })

@@ -78,12 +78,16 @@ class MambaMixer(nn.Module):
         seq_idx: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         batch, length, _ = hidden_states.shape
-        x, z = self.in_proj(hidden_states).transpose(1, 2).chunk(2, dim=1)  # (batch, D, L) each
+        # Channel-major (batch, D, L) tensors, each channel's steps adjacent in memory, for x, z and Δ: the conv reads
+        # x so, and the scan kernels read it fastest (their time-parallel family, for batch x D up to 16,384, only
+        # so; benches/results/kernels-tp-h100.md). One copy each of the projections' (batch, L, ·) outputs buys it;
+        # at one token (decode) the views are already contiguous and nothing is copied.
+        x, z = self.in_proj(hidden_states).transpose(1, 2).contiguous().chunk(2, dim=1)
         conv_state = cache.conv[self.layer_idx] if cache is not None else None
         x, conv_state = causal_conv(self.conv1d, x, conv_state, seq_idx)
         x = F.silu(x)
         dt, B, C = self.x_proj(x.transpose(1, 2)).split([self.time_step_rank, self.state_size, self.state_size], -1)
-        delta = self.dt_proj(dt).transpose(1, 2)  # (batch, D, L)
+        delta = self.dt_proj(dt).transpose(1, 2).contiguous()
         A = -torch.exp(wide(self.A_log))
         start = ssm_start(cache, self.layer_idx, initial_state)
         if cache is not None and length == 1:
@@ -102,7 +106,8 @@ class MambaMixer(nn.Module):
         if cache is not None:
             cache.conv[self.layer_idx] = conv_state
             cache.ssm[self.layer_idx] = state
-        return self.out_proj(y.transpose(1, 2).to(hidden_states.dtype))
+        # y is in u's dtype: the model's, or autocast's, which out_proj casts to itself
+        return self.out_proj(y.transpose(1, 2))
 
 
 class MambaForCausalLM(CausalLM):

@@ -205,18 +205,22 @@ def _fwd_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state
 
 
 def _bwd_cuda(dy, dfinal_state, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-              initial_state, state_offset, y_offset, seq_idx=None):
+              initial_state, state_offset, y_offset, seq_idx=None, chunk_states=None):
     from .selective_scan.op import laid_out_grads, selective_scan_bwd_reference
 
     ext = _extension() if _usable(u) else None
     if ext is None:
         return selective_scan_bwd_reference(dy, dfinal_state, u, delta, A, B, C, D, z, delta_bias,
                                             delta_softplus, initial_state, state_offset, y_offset, seq_idx)
+    if chunk_states is None:  # called without the forward's states: they come from running it
+        chunk_states = _fwd_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, state_offset,
+                                 y_offset, seq_idx)[2]
     dt, tm = u.dtype, time_major(delta)
     grads = ext.bwd(
         _laid_out(dy.to(dt), tm), _f32(dfinal_state),
         *_scan_inputs(tm, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, state_offset,
                       y_offset, seq_idx),
+        _f32(chunk_states),
         u.new_empty(u.shape), empty_scan_like(delta, dt), None if z is None else empty_scan_like(delta, dt),
     )  # du channel-major like the u the kernels read, ddelta and dz laid out like delta
     inputs = (u, delta, A, B, C, D, z, delta_bias, initial_state, state_offset, y_offset)

@@ -55,7 +55,7 @@ def selective_scan(
         raise ValueError(f"u: got shape {tuple(u.shape)}, expected (batch, D, L)")
     _check(u, delta, A, B, C, D, z, delta_bias, initial_state, state_offset, y_offset, time_axis=True)
     check_seq_idx(seq_idx, u.shape[0], u.shape[2])
-    y, final = torch.ops.ssm_offset.selective_scan_fwd(
+    y, final, _ = torch.ops.ssm_offset.selective_scan_fwd(
         u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, state_offset, y_offset, seq_idx
     )
     return (y, final) if return_final_state else y

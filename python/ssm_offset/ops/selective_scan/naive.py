@@ -49,9 +49,11 @@ def readout(y: torch.Tensor, u: torch.Tensor, D, z, y_offset, dim_axis: int = 1)
 
 def selective_scan_naive(
     u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-    initial_state=None, state_offset=None, y_offset=None, seq_idx=None,
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Returns (y, final_state); y in u's dtype, the state in fp32 (fp64 for fp64 inputs).
+    initial_state=None, state_offset=None, y_offset=None, seq_idx=None, states_every: Optional[int] = None,
+) -> Tuple[torch.Tensor, ...]:
+    """Returns (y, final_state); y in u's dtype, the state in fp32 (fp64 for fp64 inputs). With `states_every` = E
+    also the state at the start of every E-step chunk, (batch, D, ceil(L / E), N): chunk k's is h after step kE - 1
+    (the initial state, or zero, for k = 0), as the forward op returns them for its backward.
 
     Channels are viewed as (groups, channels per group) so that B and C broadcast instead of being expanded to
     (batch, D, N, L). The time loop runs over time-major tensors (L, batch, G, D/G, N): each step reads and
@@ -97,4 +99,10 @@ def selective_scan_naive(
         # C_t · h' with h' constant in time: one contraction over N
         y = y + to_bdl(torch.einsum("bgdn,lbgn->lbgd", grouped(off.to(ct)), Cg))
     y = readout(y, uc.reshape(batch, dim, length), D, z, y_offset)
-    return y.to(u.dtype), h.reshape(batch, dim, nstate).clone()
+    final = h.reshape(batch, dim, nstate).clone()
+    if states_every is None:
+        return y.to(u.dtype), final
+    # chunk k > 0 starts from h after step kE - 1; kE < L for each of the ceil(L / E) chunks
+    starts = [start] + states[states_every - 1 : length - 1 : states_every] if length else []
+    kept = torch.stack(starts, dim=3) if starts else start.new_zeros(*start.shape[:3], 0, nstate)
+    return y.to(u.dtype), final, kept.reshape(batch, dim, -1, nstate)

@@ -18,6 +18,18 @@ _GRAD_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_sta
 _LAID_OUT = (0, 1, 6)  # du, ddelta, dz: each in its input's layout (_common.empty_scan_like)
 
 
+# The forward also returns the state at the start of every STATES_EVERY-step chunk, (batch, D, ceil(L / E), N) fp32,
+# and the backward takes them back: a kernel that walks the sequence in such chunks then starts each from its saved
+# state instead of replaying the recurrence up to it (a forward's worth of work). Every implementation returns the
+# same values (chunk k: h after step kE - 1; the initial state or zero for k = 0), so which one ran the forward does
+# not matter to which one runs the backward. cuda/selective_scan/selective_scan.h's kStatesEvery is the same number.
+STATES_EVERY = 256
+
+
+def chunk_count(length: int) -> int:
+    return -(-length // STATES_EVERY)
+
+
 def laid_out_grads(grads, inputs):
     """The op's gradient list with du, ddelta and dz in their inputs' layouts, the others contiguous."""
     return [scan_like(g, inputs[i]) if i in _LAID_OUT and inputs[i] is not None else g for i, g in enumerate(grads)]
@@ -27,18 +39,20 @@ def selective_scan_fwd_reference(
     u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, state_offset, y_offset, seq_idx=None,
 ):
     """The forward of the reference: the op's default implementation, and the fallback of the CUDA registration."""
-    y, final = selective_scan_naive(
-        u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, state_offset, y_offset, seq_idx
+    y, final, states = selective_scan_naive(
+        u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, state_offset, y_offset, seq_idx,
+        states_every=STATES_EVERY,
     )
-    return scan_like(y, delta), final.contiguous()  # laid out as the fake says
+    return scan_like(y, delta), final.contiguous(), states.contiguous()  # laid out as the fake says
 
 
 def selective_scan_bwd_reference(
     dy, dfinal_state, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, state_offset, y_offset,
-    seq_idx=None,
+    seq_idx=None, chunk_states=None,
 ):
     """The backward as the vector-Jacobian product of the reference: the op's default implementation,
-    and the fallback of the CUDA registration when the kernels cannot be built."""
+    and the fallback of the CUDA registration when the kernels cannot be built (it recomputes every state, so
+    it has no use for chunk_states)."""
     inputs = (u, delta, A, B, C, D, z, delta_bias, initial_state, state_offset, y_offset)
     grads = recompute_grads(selective_scan_naive, (dy, dfinal_state), dict(zip(_GRAD_NAMES, inputs)),
                             delta_softplus=delta_softplus, seq_idx=seq_idx)
@@ -50,7 +64,7 @@ def selective_scan_fwd(
     u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor],
     delta_bias: Optional[Tensor], delta_softplus: bool, initial_state: Optional[Tensor],
     state_offset: Optional[Tensor], y_offset: Optional[Tensor], seq_idx: Optional[Tensor] = None,
-) -> Tuple[Tensor, Tensor]:
+) -> Tuple[Tensor, Tensor, Tensor]:
     return selective_scan_fwd_reference(
         u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, state_offset, y_offset, seq_idx
     )
@@ -59,7 +73,10 @@ def selective_scan_fwd(
 @selective_scan_fwd.register_fake
 def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, state_offset, y_offset, seq_idx=None):
     y = empty_scan_like(delta, u.dtype)
-    return y, u.new_empty(u.shape[0], u.shape[1], A.shape[1], dtype=compute_dtype(u))
+    batch, dim, length = u.shape
+    f = compute_dtype(u)
+    return (y, u.new_empty(batch, dim, A.shape[1], dtype=f),
+            u.new_empty(batch, dim, chunk_count(length), A.shape[1], dtype=f))
 
 
 @torch.library.custom_op("ssm_offset::selective_scan_bwd", mutates_args=())
@@ -67,17 +84,17 @@ def selective_scan_bwd(
     dy: Tensor, dfinal_state: Optional[Tensor], u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
     D: Optional[Tensor], z: Optional[Tensor], delta_bias: Optional[Tensor], delta_softplus: bool,
     initial_state: Optional[Tensor], state_offset: Optional[Tensor], y_offset: Optional[Tensor],
-    seq_idx: Optional[Tensor] = None,
+    seq_idx: Optional[Tensor] = None, chunk_states: Optional[Tensor] = None,
 ) -> List[Tensor]:
     return selective_scan_bwd_reference(
         dy, dfinal_state, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, state_offset, y_offset,
-        seq_idx,
+        seq_idx, chunk_states,
     )
 
 
 @selective_scan_bwd.register_fake
 def _(dy, dfinal_state, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, state_offset, y_offset,
-      seq_idx=None):
+      seq_idx=None, chunk_states=None):
     inputs = (u, delta, A, B, C, D, z, delta_bias, initial_state, state_offset, y_offset)
     return laid_out_grads(fake_grads(inputs), inputs)
 
@@ -88,14 +105,15 @@ def _setup_context(ctx, inputs, output):
     ctx.seq_idx = seq_idx
     tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state, state_offset, y_offset)
     ctx.present = [t is not None for t in tensors]
-    ctx.save_for_backward(*tensors)
+    ctx.mark_non_differentiable(output[2])
+    ctx.save_for_backward(*tensors, output[2])
 
 
-def _backward(ctx, dy, dfinal_state):
-    u, delta, A, B, C, D, z, delta_bias, initial_state, state_offset, y_offset = ctx.saved_tensors
+def _backward(ctx, dy, dfinal_state, _dchunk_states):
+    u, delta, A, B, C, D, z, delta_bias, initial_state, state_offset, y_offset, chunk_states = ctx.saved_tensors
     grads = selective_scan_bwd(
         dy, dfinal_state, u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus,
-        initial_state, state_offset, y_offset, ctx.seq_idx,
+        initial_state, state_offset, y_offset, ctx.seq_idx, chunk_states,
     )
     needs = list(ctx.needs_input_grad)
     g = select_grads(needs[:8] + needs[9:12], grads, ctx.present)
