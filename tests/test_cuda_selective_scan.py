@@ -249,6 +249,28 @@ def test_document_boundaries_match_float64_reference(case, kernel_path):
         _close(f"d{k} (seq_idx)", leaves[k].grad, ref_leaves[k].grad.to(leaves[k].grad.dtype), dt, seed)
 
 
+@pytest.mark.parametrize("fwd_family,bwd_family", [("0", "1"), ("1", "0")])
+def test_backward_of_either_family_after_a_forward_of_the_other(fwd_family, bwd_family, monkeypatch):
+    """The rule may send a call's forward and backward to different families (the backward is time-parallel at more
+    channels than the forward): each backward starts from the forward's chunk states, whoever wrote them."""
+    seed = torch.seed() % (2**31)
+    case = dict(length=2049, nstate=16, groups=1, dtype=torch.float32, **ALL_ON)
+    t = _inputs(case, batch=2, dim=8, seed=seed)
+    leaves = {k: v.clone().requires_grad_(True) for k, v in t.items() if v is not None}
+    ref_leaves = {k: v.detach().double().requires_grad_(True) for k, v in t.items() if v is not None}
+    monkeypatch.setenv("SSM_OFFSET_TIME_PARALLEL", fwd_family)
+    y, final = selective_scan(**leaves, delta_softplus=True, return_final_state=True)
+    monkeypatch.setenv("SSM_OFFSET_TIME_PARALLEL", bwd_family)
+    dy, dfinal = torch.randn_like(y), torch.randn_like(final)
+    _poison()
+    torch.autograd.backward((y, final), (dy, dfinal))
+    y_ref, final_ref = selective_scan_naive(**ref_leaves, delta_softplus=True)
+    torch.autograd.backward((y_ref, final_ref), (dy.double(), dfinal.double()))
+    for k in leaves:
+        _close(f"d{k} (fwd {fwd_family}, bwd {bwd_family})", leaves[k].grad, ref_leaves[k].grad.float(),
+               torch.float32, seed)
+
+
 def test_document_boundaries_equal_separate_documents(kernel_path):
     """A row packing two documents gives, on each, what that document gives alone (fp32 kernel vs kernel)."""
     case = dict(length=500, nstate=16, groups=1, dtype=torch.float32, **ALL_ON)

@@ -98,7 +98,9 @@ def test_info_states_the_kernel_family_rule_the_extension_applies(monkeypatch, v
     if family == "rule":
         header = (ROOT / "cuda" / "selective_scan" / "selective_scan.h").read_text()
         lo, hi = (int(v) for v in re.search(r"kTimeParallelFrom = (\d+), kTimeParallelTo = (\d+);", header).groups())
-        assert f"{lo + 1:,}..{hi:,} batch x channels" in text, text
-        assert "N <= 16" in text and "p.nstate <= 16" in (ROOT / "cuda/selective_scan/step.cu").read_text()
+        assert f"{lo + 1:,}..{hi:,} batch x channels" in text and f"backward: from {lo + 1:,} up" in text, text
+        step = (ROOT / "cuda/selective_scan/step.cu").read_text()
+        assert "N <= 16" in text and "p.nstate <= 16" in step
+        assert "(backward || channels <= kTimeParallelTo)" in step
     else:
         assert text.startswith(family), text

@@ -228,16 +228,19 @@ std::vector<Tensor> bwd(const Tensor &dout, const Opt &dfinal, const Tensor &u, 
     const int chunk = p.tp ? ssm_offset::kStatesEvery : ssm_offset::bwd_chunk_len(p.nstate, p.batch * p.dim);
     const long long nch = (p.len + chunk - 1) / chunk;
     const Tensor seg = split_time(p, p.tp ? 1 : ssm_offset::bwd_segments(p), chunk, true, f32);
+    // both families start from the forward's states (the time-parallel kernels every chunk, the others every piece)
+    const long long pieces = (p.len + ssm_offset::kStatesEvery - 1) / ssm_offset::kStatesEvery;
+    const std::vector<int64_t> want{p.batch, p.dim, pieces, p.nstate};
+    TORCH_CHECK(chunk_states.is_cuda() && chunk_states.scalar_type() == at::kFloat && chunk_states.is_contiguous() &&
+                    chunk_states.sizes().vec() == want,
+                "chunk_states: expected the forward's contiguous float32 (batch, D, chunks, N) = (", p.batch, ", ",
+                p.dim, ", ", pieces, ", ", p.nstate, "), got ", chunk_states.sizes());
+    p.states = chunk_states.data_ptr<float>();
     Tensor ckpt;
-    if (p.tp) {  // each chunk starts from the forward's states
-      const std::vector<int64_t> want{p.batch, p.dim, nch, p.nstate};
-      TORCH_CHECK(chunk_states.is_cuda() && chunk_states.scalar_type() == at::kFloat &&
-                      chunk_states.is_contiguous() && chunk_states.sizes().vec() == want,
-                  "chunk_states: expected the forward's contiguous float32 (batch, D, chunks, N) = (", p.batch, ", ",
-                  p.dim, ", ", nch, ", ", p.nstate, "), got ", chunk_states.sizes());
-      p.states = chunk_states.data_ptr<float>();
-    } else {  // the channel-parallel backward checkpoints every chunk of its own, (batch, chunk, dim, Npad)
-      ckpt = at::empty({p.batch, nch, p.dim, ssm_offset::padded_state(p.nstate, p.batch * p.dim)}, f32);
+    if (!p.tp) {  // the channel-parallel backward checkpoints every chunk of the piece it is running
+      p.ckpt_slots = static_cast<int>(std::min<long long>(ssm_offset::kStatesEvery / chunk, nch));
+      ckpt = at::empty({p.batch, p.nseg, p.ckpt_slots, p.dim, ssm_offset::padded_state(p.nstate, p.batch * p.dim)},
+                       f32);
       p.ckpt = ckpt.data_ptr<float>();
     }
     auto stream = c10::cuda::getCurrentCUDAStream();

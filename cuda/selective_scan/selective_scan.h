@@ -51,7 +51,10 @@ struct ScanParams {
   // fp32 accumulators, zeroed by the caller (atomically accumulated): dA (dim, nstate), dB/dC like B,
   // dD/dbias (dim), dh0/dhoff/dyoff shaped like their inputs
   float *dA, *dB, *dC, *dD, *dbias, *dh0, *dhoff, *dyoff;
-  float *ckpt;  // the channel-parallel backward's workspace: the state at the start of every backward chunk
+  // the channel-parallel backward's workspace: the state at the start of each backward chunk of the piece (at most
+  // kStatesEvery steps) it is in, (batch, nseg, ckpt_slots, dim, padded_state(...))
+  float *ckpt;
+  int ckpt_slots;
   // Time split of the forward (few channels): nseg segments of seg_len steps, one grid slice (blockIdx.z) each.
   // A summary pass writes each segment's end state from a zero start (seg_end) and Π exp(Δ A) since its last
   // document restart (seg_decay; 0 where it restarts); a compose pass turns them into every segment's start state
@@ -64,7 +67,7 @@ struct ScanParams {
   // (adj_loc); compose_adjoint the adjoint each segment ends on (adj_end; the last one's is dfinal).
   float *adj_loc, *adj_end;
   // Nonzero: the time-parallel kernels (selective_scan_tp.cuh) instead, with no split (nseg = 1); their backward
-  // reads `states` (the forward's) and needs no ckpt.
+  // needs no ckpt. Both backwards start from `states` (the forward's).
   int tp;
 };
 
@@ -106,14 +109,16 @@ int fwd_segments(const ScanParams &p);
 int bwd_segments(const ScanParams &p);
 
 // Whether the forward / backward takes the time-parallel kernels (selective_scan_tp.cuh): SSM_OFFSET_TIME_PARALLEL=1
-// always, =0 never; unset, where they were faster on an H100 (benches/results/kernels-tp-h100.md): channel-major
-// inputs (time-major ones cost them uncoalesced loads), N <= 16 (what was measured), and batch x channels in
-// (kTimeParallelFrom, kTimeParallelTo] (fewer leave too few warps; more fill the GPU without a time split).
+// always, =0 never; unset, where they were faster on an H100 (benches/results/kernels-tp-h100.md, kernels-h100.md):
+// channel-major inputs (time-major ones cost them uncoalesced loads), N <= 16 (what was measured), more than
+// kTimeParallelFrom batch x channels (fewer leave too few warps), and for the forward at most kTimeParallelTo (more
+// fill the GPU without a time split, and the channel-parallel forward is faster there). The backward, which starts its
+// chunks from the forward's states whichever family wrote them, has no upper bound: it was faster at 32,768 channels.
 constexpr long long kTimeParallelFrom = 1024, kTimeParallelTo = 16384;
 bool time_parallel(const ScanParams &p, bool backward);
 
 // Length of one backward chunk (the checkpoint interval) for a state size and batch x dim channels;
-// the caller sizes ckpt as (batch, ceil(len / chunk), dim, padded_state(...)) floats.
+// the caller sizes ckpt as (batch, nseg, min(kStatesEvery / chunk, ceil(len / chunk)), dim, padded_state(...)) floats.
 int bwd_chunk_len(int nstate, int channels);
 int padded_state(int nstate, int channels);
 

@@ -508,9 +508,6 @@ __global__ void __launch_bounds__(kThreads, Cfg<NPT, LPC>::kBwdMinBlocks) bwd_ke
   const int c = w.c, lane = w.lane, d = w.d, N = p.nstate, L = p.len, seg = w.seg, T1 = w.T1;
   const int warp = threadIdx.x / 32;
   const bool active = w.active;
-  const int nch = (L + TB - 1) / TB;
-  // the first and last chunk of this block's segment (segments are whole chunks but for the row's last)
-  const int c0 = w.T0 / TB, c1 = (T1 + TB - 1) / TB - 1;
   const long long seg_row = w.seg_row(p);
   const long long dn0 = (long long)d * N;
   const float *h0row = (active && p.h0) ? p.h0 + bp.b * p.h0_bstride + dn0 : nullptr;
@@ -520,8 +517,7 @@ __global__ void __launch_bounds__(kThreads, Cfg<NPT, LPC>::kBwdMinBlocks) bwd_ke
   ch.load(p, bp);
 
   float A2[NPT], h[NPT], ho[NPT], G[NPT], dAacc[NPT], dho[NPT];
-  // with a time split, the segment starts from its composed start state and ends on its composed adjoint
-  load_state<NPT>(h, (active && p.seg_start) ? p.seg_start + seg_row : h0row, lane, N);
+  // with a time split, the segment ends on its composed adjoint
   load_state<NPT>(G, !active ? nullptr : p.adj_end ? p.adj_end + seg_row
                                      : p.dfinal ? p.dfinal + ((long long)bp.b * p.dim + d) * N : nullptr, lane, N);
 #pragma unroll
@@ -534,204 +530,219 @@ __global__ void __launch_bounds__(kThreads, Cfg<NPT, LPC>::kBwdMinBlocks) bwd_ke
     dho[k] = 0.f;
   }
   const long long bc_off = ((long long)bp.b * p.groups + bp.g) * N * L;  // dB, dC: contiguous fp32
-  // this thread's checkpoint slots: ckpt[b][chunk][d][lane * NPT + k]
-  float *ck = p.ckpt + ((long long)bp.b * nch * p.dim + d) * NPAD + lane * NPT;
+  // The segment in pieces of at most kStatesEvery steps, last first: each piece replays the recurrence from its start
+  // state (the forward's ScanParams::states, or the segment's start state) to checkpoint every chunk of TB steps,
+  // then runs back through them; so the checkpoints take ckpt_slots = kStatesEvery / TB slots (fewer for short rows)
+  // a channel instead of one per chunk of the row. Segments are whole chunks (but for the row's last).
+  static_assert(kStatesEvery % TB == 0, "backward chunks must tile ScanParams::states' interval");
+  // this thread's checkpoint slots: ckpt[b][seg][slot][d][lane * NPT + k]
+  float *ck = p.ckpt + (((long long)bp.b * p.nseg + seg) * p.ckpt_slots * p.dim + d) * NPAD + lane * NPT;
   const long long ck_stride = (long long)p.dim * NPAD;
+  for (int piece = (T1 - 1) / kStatesEvery; piece >= w.T0 / kStatesEvery; --piece) {
+    const int p0 = max(w.T0, piece * kStatesEvery), p1 = min(T1, (piece + 1) * kStatesEvery);
+    const int c0 = p0 / TB, c1 = (p1 + TB - 1) / TB - 1;  // the piece's first and last chunk
+    if (p0 == w.T0) {
+      load_state<NPT>(h, (active && p.seg_start) ? p.seg_start + seg_row : h0row, lane, N);
+    } else {
+      const long long pieces = (L + kStatesEvery - 1) / kStatesEvery;
+      load_state<NPT>(h, active ? p.states + (((long long)bp.b * p.dim + d) * pieces + piece) * N : nullptr, lane, N);
+    }
 
-  // 1. replay the recurrence to checkpoint the state at every chunk start (every chunk but the last is whole)
-  {
-    Staged<T, CPB, TB, NPAD, false, false, TM> st;
-    if (c1 > c0) st.fetch(p, bp, c0 * TB, TB);
-    __syncthreads();
-    for (int kc = c0; kc <= c1; ++kc) {
-      if (active) store_vec<NPT>(ck + kc * ck_stride, h);
-      if (kc == c1) break;
-      auto &r = reinterpret_cast<Tile<CPB, TB, BS, false, false> &>(s);  // a smaller tile in the same memory
-      st.commit(r, ch, p, bp, TB);
+    // 1. replay the recurrence to checkpoint the state at every chunk start (every chunk but the last is whole)
+    {
+      Staged<T, CPB, TB, NPAD, false, false, TM> st;
+      if (c1 > c0) st.fetch(p, bp, c0 * TB, TB);
       __syncthreads();
-      if (kc + 1 < c1) st.fetch(p, bp, (kc + 1) * TB, TB);
+      for (int kc = c0; kc <= c1; ++kc) {
+        if (active) store_vec<NPT>(ck + (kc - c0) * ck_stride, h);
+        if (kc == c1) break;
+        auto &r = reinterpret_cast<Tile<CPB, TB, BS, false, false> &>(s);  // a smaller tile in the same memory
+        st.commit(r, ch, p, bp, TB);
+        __syncthreads();
+        if (kc + 1 < c1) st.fetch(p, bp, (kc + 1) * TB, TB);
+#pragma unroll
+        for (int t = 0; t < TB; ++t) {
+          if (p.seq_idx && r.rst[t]) load_state<NPT>(h, h0row, lane, N);
+          const float dt = r.dt[c][t];
+          const float du = dt * r.u[c][t];
+          float Bv[NPT];
+          load_vec<NPT>(Bv, &r.B[t][lane * NPT]);
+#pragma unroll
+          for (int k = 0; k < NPT; ++k) h[k] = exp2f(dt * A2[k]) * h[k] + du * Bv[k];
+        }
+        __syncthreads();
+      }
+    }
+
+    // 2. the piece's chunks in reverse
+    Staged<T, CPB, TB, NPAD, true, true, TM> st;
+    float hck[NPT];
+#pragma unroll
+    for (int k = 0; k < NPT; ++k) hck[k] = 0.f;
+    st.fetch(p, bp, c1 * TB, p1 - c1 * TB);
+    if (active) load_vec<NPT>(hck, ck + (c1 - c0) * ck_stride);
+    for (int kc = c1; kc >= c0; --kc) {
+      const int t0 = kc * TB;
+      const int tl = min(TB, p1 - t0);
+      st.commit(s, ch, p, bp, tl);
+#pragma unroll
+      for (int k = 0; k < NPT; ++k) h[k] = hck[k];
+      __syncthreads();
+      if (kc > c0) {
+        st.fetch(p, bp, t0 - TB, TB);
+        if (active) load_vec<NPT>(hck, ck + (kc - 1 - c0) * ck_stride);
+      }
+
+      // 2a. replay the chunk: h_{t-1} kept in registers, y before the gate to shared memory
+      float hist[TB][NPT];
 #pragma unroll
       for (int t = 0; t < TB; ++t) {
-        if (p.seq_idx && r.rst[t]) load_state<NPT>(h, h0row, lane, N);
-        const float dt = r.dt[c][t];
-        const float du = dt * r.u[c][t];
-        float Bv[NPT];
-        load_vec<NPT>(Bv, &r.B[t][lane * NPT]);
-#pragma unroll
-        for (int k = 0; k < NPT; ++k) h[k] = exp2f(dt * A2[k]) * h[k] + du * Bv[k];
-      }
-      __syncthreads();
-    }
-  }
-
-  // 2. chunks in reverse
-  Staged<T, CPB, TB, NPAD, true, true, TM> st;
-  float hck[NPT];
-#pragma unroll
-  for (int k = 0; k < NPT; ++k) hck[k] = 0.f;
-  st.fetch(p, bp, c1 * TB, T1 - c1 * TB);
-  if (active) load_vec<NPT>(hck, ck + c1 * ck_stride);
-  for (int kc = c1; kc >= c0; --kc) {
-    const int t0 = kc * TB;
-    const int tl = min(TB, T1 - t0);
-    st.commit(s, ch, p, bp, tl);
-#pragma unroll
-    for (int k = 0; k < NPT; ++k) h[k] = hck[k];
-    __syncthreads();
-    if (kc > c0) {
-      st.fetch(p, bp, t0 - TB, TB);
-      if (active) load_vec<NPT>(hck, ck + (kc - 1) * ck_stride);
-    }
-
-    // 2a. replay the chunk: h_{t-1} kept in registers, y before the gate to shared memory
-    float hist[TB][NPT];
-#pragma unroll
-    for (int t = 0; t < TB; ++t) {
-      if (t < tl) {
-        if (p.seq_idx && s.rst[t]) load_state<NPT>(h, h0row, lane, N);
-        const float dt = s.dt[c][t];
-        const float du = dt * s.u[c][t];
-        float Bv[NPT], Cv[NPT];
-        load_vec<NPT>(Bv, &s.B[t][lane * NPT]);
-        load_vec<NPT>(Cv, &s.C[t][lane * NPT]);
-        float acc = 0.f;
-#pragma unroll
-        for (int k = 0; k < NPT; ++k) {
-          hist[t][k] = h[k];
-          h[k] = exp2f(dt * A2[k]) * h[k] + du * Bv[k];
-          acc += Cv[k] * (h[k] + ho[k]);
-        }
-        acc = lane_sum<LPC>(acc);
-        if (lane == 0) s_y[c][t] = acc;
-      }
-    }
-    __syncthreads();
-
-    // 2b. through the readout: dy before the gate, and dz
-    T *dz = p.z ? row_ptr<TM, T>(p.dz, p.sdz, bp) : nullptr;
-#pragma unroll 1
-    for (int i = threadIdx.x; i < CPB * TB; i += kThreads) {
-      const TilePos<CPB, TB, TM> q(i);
-      float dy = 0.f;
-      if (q.r < bp.nrows && q.t < tl) {
-        const float go = s.go[q.r][q.t];
-        if (p.z) {
-          const float yv = s_y[q.r][q.t] + ch.D[q.r] * s.u[q.r][q.t] + ch.yoff[q.r];
-          const float zz = s.z[q.r][q.t];
-          const float sg = sigmoid(zz);
-          dz[row_off<TM>(p.sdz, q.r, t0 + q.t)] = from_f<T>(go * yv * sg * (1.f + zz * (1.f - sg)));
-          dy = go * zz * sg;
-        } else {
-          dy = go;
-        }
-      }
-      s_dy[q.r][q.t] = dy;
-    }
-    __syncthreads();
-
-    // 2c. the reverse recurrence
-#pragma unroll
-    for (int t = TB - 1; t >= 0; --t) {
-      if (t < tl) {
-        const float dt = s.dt[c][t];
-        const float uu = s.u[c][t];
-        const float dy = s_dy[c][t];
-        const float du = dt * uu;
-        float Bv[NPT], Cv[NPT], v[2 * NPT];
-        load_vec<NPT>(Bv, &s.B[t][lane * NPT]);
-        load_vec<NPT>(Cv, &s.C[t][lane * NPT]);
-        float s1 = 0.f, s2 = 0.f;
-#pragma unroll
-        for (int k = 0; k < NPT; ++k) {
-          const float a = exp2f(dt * A2[k]);
-          const float hp = hist[t][k];
-          const float g = G[k] + dy * Cv[k];
-          const float hc = a * hp + du * Bv[k];
-          v[NPT + k] = dy * (hc + ho[k]);  // dC
-          dho[k] += dy * Cv[k];
-          const float gah = g * a * hp;
-          s1 += gah * A2[k];
-          dAacc[k] += gah * dt;
-          s2 += g * Bv[k];
-          v[k] = g * du;  // dB
-          G[k] = a * g;
-        }
-        if (p.seq_idx && s.rst[t]) {
-          // h_{t-1} was the initial state, not the previous document's last state: ∂/∂h_{t-1} goes to h_0, and
-          // nothing flows back across the boundary
+        if (t < tl) {
+          if (p.seq_idx && s.rst[t]) load_state<NPT>(h, h0row, lane, N);
+          const float dt = s.dt[c][t];
+          const float du = dt * s.u[c][t];
+          float Bv[NPT], Cv[NPT];
+          load_vec<NPT>(Bv, &s.B[t][lane * NPT]);
+          load_vec<NPT>(Cv, &s.C[t][lane * NPT]);
+          float acc = 0.f;
 #pragma unroll
           for (int k = 0; k < NPT; ++k) {
-            if (dh0row && lane * NPT + k < N) atomicAdd(dh0row + lane * NPT + k, G[k]);
-            G[k] = 0.f;
+            hist[t][k] = h[k];
+            h[k] = exp2f(dt * A2[k]) * h[k] + du * Bv[k];
+            acc += Cv[k] * (h[k] + ho[k]);
+          }
+          acc = lane_sum<LPC>(acc);
+          if (lane == 0) s_y[c][t] = acc;
+        }
+      }
+      __syncthreads();
+
+      // 2b. through the readout: dy before the gate, and dz
+      T *dz = p.z ? row_ptr<TM, T>(p.dz, p.sdz, bp) : nullptr;
+#pragma unroll 1
+      for (int i = threadIdx.x; i < CPB * TB; i += kThreads) {
+        const TilePos<CPB, TB, TM> q(i);
+        float dy = 0.f;
+        if (q.r < bp.nrows && q.t < tl) {
+          const float go = s.go[q.r][q.t];
+          if (p.z) {
+            const float yv = s_y[q.r][q.t] + ch.D[q.r] * s.u[q.r][q.t] + ch.yoff[q.r];
+            const float zz = s.z[q.r][q.t];
+            const float sg = sigmoid(zz);
+            dz[row_off<TM>(p.sdz, q.r, t0 + q.t)] = from_f<T>(go * yv * sg * (1.f + zz * (1.f - sg)));
+            dy = go * zz * sg;
+          } else {
+            dy = go;
           }
         }
-        s1 = lane_sum<LPC>(s1) * kLn2;
-        s2 = lane_sum<LPC>(s2);
-        if (lane == 0) {
-          s_s1[c][t] = s1;
-          s_s2[c][t] = s2;
-        }
-        int first;
-        const int count = channel_reduce_scatter<2 * NPT, LPC>(v, first);
-        if (count) {
+        s_dy[q.r][q.t] = dy;
+      }
+      __syncthreads();
+
+      // 2c. the reverse recurrence
 #pragma unroll
-          for (int j = 0; j < sums_per_lane(2 * NPT, LPC); ++j) {
-            const int idx = first + j;
-            const int which = idx < NPT ? 0 : 1, n = lane * NPT + idx - which * NPT;
-            if constexpr (kSlices) {
-              s_part[warp][t][which * NPAD + n] = v[j];
-            } else if (n < N) {
-              atomicAdd((which ? p.dC : p.dB) + bc_off + (long long)n * L + t0 + t, v[j]);
+      for (int t = TB - 1; t >= 0; --t) {
+        if (t < tl) {
+          const float dt = s.dt[c][t];
+          const float uu = s.u[c][t];
+          const float dy = s_dy[c][t];
+          const float du = dt * uu;
+          float Bv[NPT], Cv[NPT], v[2 * NPT];
+          load_vec<NPT>(Bv, &s.B[t][lane * NPT]);
+          load_vec<NPT>(Cv, &s.C[t][lane * NPT]);
+          float s1 = 0.f, s2 = 0.f;
+#pragma unroll
+          for (int k = 0; k < NPT; ++k) {
+            const float a = exp2f(dt * A2[k]);
+            const float hp = hist[t][k];
+            const float g = G[k] + dy * Cv[k];
+            const float hc = a * hp + du * Bv[k];
+            v[NPT + k] = dy * (hc + ho[k]);  // dC
+            dho[k] += dy * Cv[k];
+            const float gah = g * a * hp;
+            s1 += gah * A2[k];
+            dAacc[k] += gah * dt;
+            s2 += g * Bv[k];
+            v[k] = g * du;  // dB
+            G[k] = a * g;
+          }
+          if (p.seq_idx && s.rst[t]) {
+            // h_{t-1} was the initial state, not the previous document's last state: ∂/∂h_{t-1} goes to h_0, and
+            // nothing flows back across the boundary
+#pragma unroll
+            for (int k = 0; k < NPT; ++k) {
+              if (dh0row && lane * NPT + k < N) atomicAdd(dh0row + lane * NPT + k, G[k]);
+              G[k] = 0.f;
+            }
+          }
+          s1 = lane_sum<LPC>(s1) * kLn2;
+          s2 = lane_sum<LPC>(s2);
+          if (lane == 0) {
+            s_s1[c][t] = s1;
+            s_s2[c][t] = s2;
+          }
+          int first;
+          const int count = channel_reduce_scatter<2 * NPT, LPC>(v, first);
+          if (count) {
+#pragma unroll
+            for (int j = 0; j < sums_per_lane(2 * NPT, LPC); ++j) {
+              const int idx = first + j;
+              const int which = idx < NPT ? 0 : 1, n = lane * NPT + idx - which * NPT;
+              if constexpr (kSlices) {
+                s_part[warp][t][which * NPAD + n] = v[j];
+              } else if (n < N) {
+                atomicAdd((which ? p.dC : p.dB) + bc_off + (long long)n * L + t0 + t, v[j]);
+              }
             }
           }
         }
       }
-    }
-    __syncthreads();
+      __syncthreads();
 
-    // 2d. du, dδ per (channel, t), each in its own layout; dD, dy', dbias summed per channel; dB, dC per (n, t)
-    T *du = row_ptr<false, T>(p.du, p.sdu, bp), *ddl = row_ptr<TM, T>(p.ddelta, p.sddelta, bp);
-    // du is channel-major: its loop runs t fastest, so the sums over t for dD, dy' and dbias are lane sums there
-    for (int i = threadIdx.x; i < CPB * TB; i += kThreads) {
-      const TilePos<CPB, TB, false> q(i);
-      float vD = 0.f, vY = 0.f, vB = 0.f;
-      if (q.r < bp.nrows && q.t < tl) {
-        const float dy = s_dy[q.r][q.t], uu = s.u[q.r][q.t], s2 = s_s2[q.r][q.t];
-        du[row_off<false>(p.sdu, q.r, t0 + q.t)] = from_f<T>(s.dt[q.r][q.t] * s2 + ch.D[q.r] * dy);
-        vD = dy * uu;
-        vY = dy;
-        vB = (s_s1[q.r][q.t] + uu * s2) * s.dsp[q.r][q.t];
-      }
-      vD = lane_sum<TB>(vD);
-      vY = lane_sum<TB>(vY);
-      vB = lane_sum<TB>(vB);
-      if (q.t == 0) {
-        s_accD[q.r] += vD;
-        s_accY[q.r] += vY;
-        s_accBias[q.r] += vB;
-      }
-    }
-#pragma unroll 1
-    for (int i = threadIdx.x; i < CPB * TB; i += kThreads) {
-      const TilePos<CPB, TB, TM> q(i);
-      if (q.r < bp.nrows && q.t < tl) {
-        const float ddt = (s_s1[q.r][q.t] + s.u[q.r][q.t] * s_s2[q.r][q.t]) * s.dsp[q.r][q.t];
-        ddl[row_off<TM>(p.sddelta, q.r, t0 + q.t)] = from_f<T>(ddt);
-      }
-    }
-    if constexpr (kSlices) {
-      for (int i = threadIdx.x; i < 2 * NPAD * TB; i += kThreads) {
-        const int m = i / TB, t = i % TB, which = m / NPAD, n = m % NPAD;
-        if (n < N && t < tl) {
-          float sum = 0.f;
-#pragma unroll
-          for (int w = 0; w < kWarps; ++w) sum += s_part[w][t][m];
-          atomicAdd((which ? p.dC : p.dB) + bc_off + (long long)n * L + t0 + t, sum);
+      // 2d. du, dδ per (channel, t), each in its own layout; dD, dy', dbias summed per channel; dB, dC per (n, t)
+      T *du = row_ptr<false, T>(p.du, p.sdu, bp), *ddl = row_ptr<TM, T>(p.ddelta, p.sddelta, bp);
+      // du is channel-major: its loop runs t fastest, so the sums over t for dD, dy' and dbias are lane sums there
+      for (int i = threadIdx.x; i < CPB * TB; i += kThreads) {
+        const TilePos<CPB, TB, false> q(i);
+        float vD = 0.f, vY = 0.f, vB = 0.f;
+        if (q.r < bp.nrows && q.t < tl) {
+          const float dy = s_dy[q.r][q.t], uu = s.u[q.r][q.t], s2 = s_s2[q.r][q.t];
+          du[row_off<false>(p.sdu, q.r, t0 + q.t)] = from_f<T>(s.dt[q.r][q.t] * s2 + ch.D[q.r] * dy);
+          vD = dy * uu;
+          vY = dy;
+          vB = (s_s1[q.r][q.t] + uu * s2) * s.dsp[q.r][q.t];
+        }
+        vD = lane_sum<TB>(vD);
+        vY = lane_sum<TB>(vY);
+        vB = lane_sum<TB>(vB);
+        if (q.t == 0) {
+          s_accD[q.r] += vD;
+          s_accY[q.r] += vY;
+          s_accBias[q.r] += vB;
         }
       }
+#pragma unroll 1
+      for (int i = threadIdx.x; i < CPB * TB; i += kThreads) {
+        const TilePos<CPB, TB, TM> q(i);
+        if (q.r < bp.nrows && q.t < tl) {
+          const float ddt = (s_s1[q.r][q.t] + s.u[q.r][q.t] * s_s2[q.r][q.t]) * s.dsp[q.r][q.t];
+          ddl[row_off<TM>(p.sddelta, q.r, t0 + q.t)] = from_f<T>(ddt);
+        }
+      }
+      if constexpr (kSlices) {
+        for (int i = threadIdx.x; i < 2 * NPAD * TB; i += kThreads) {
+          const int m = i / TB, t = i % TB, which = m / NPAD, n = m % NPAD;
+          if (n < N && t < tl) {
+            float sum = 0.f;
+#pragma unroll
+            for (int w = 0; w < kWarps; ++w) sum += s_part[w][t][m];
+            atomicAdd((which ? p.dC : p.dB) + bc_off + (long long)n * L + t0 + t, sum);
+          }
+        }
+      }
+      __syncthreads();
     }
-    __syncthreads();
-  }
+  }  // pieces
 
   if (active) {
 #pragma unroll

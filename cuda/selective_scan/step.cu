@@ -99,14 +99,14 @@ int segments(const ScanParams &p, bool backward) {
 int fwd_segments(const ScanParams &p) { return segments(p, false); }
 int bwd_segments(const ScanParams &p) { return segments(p, true); }
 
-bool time_parallel(const ScanParams &p, bool) {
+bool time_parallel(const ScanParams &p, bool backward) {
   // read at every call (not cached like the layout switches) so that a test or benchmark can run both families in one
   // process
   const int forced = env_int("SSM_OFFSET_TIME_PARALLEL", -1);
   if (forced >= 0) return forced > 0;
   if (forced_segments() > 0) return false;  // a split was asked for: that is the other family
   const long long channels = (long long)p.batch * p.dim;
-  return !p.time_major && p.nstate <= 16 && channels > kTimeParallelFrom && channels <= kTimeParallelTo;
+  return !p.time_major && p.nstate <= 16 && channels > kTimeParallelFrom && (backward || channels <= kTimeParallelTo);
 }
 
 int bwd_chunk_len(int nstate, int channels) {

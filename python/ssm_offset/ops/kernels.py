@@ -115,7 +115,7 @@ def _kernel_family() -> str:
     raw = os.environ.get("SSM_OFFSET_TIME_PARALLEL", "").strip()
     if not raw:
         return ("channel-parallel; time-parallel for channel-major inputs with N <= 16 and 1,025..16,384 "
-                "batch x channels")
+                "batch x channels (the backward: from 1,025 up)")
     try:
         forced = int(raw) > 0
     except ValueError:
