@@ -200,11 +200,11 @@ __device__ __forceinline__ void step_maps(const float *Bv, const float *dtu, con
   }
 }
 
-// Runs body(std::bool_constant<R>) with R = whether any lane of the warp has a document restart in its steps: the
-// common case (none) then pays nothing per step for them.
+// Runs body(std::bool_constant<R>) with R = `any`, whether any lane of the warp has a document restart in its steps
+// (voted once a chunk): the common case (none) then pays nothing per step for them.
 template <typename F>
-__device__ __forceinline__ void with_restarts(unsigned rst, F &&body) {
-  if (__any_sync(0xffffffffu, rst != 0u)) body(std::true_type{});
+__device__ __forceinline__ void with_restarts(bool any, F &&body) {
+  if (any) body(std::true_type{});
   else body(std::false_type{});
 }
 
@@ -290,6 +290,7 @@ __global__ void __launch_bounds__(kThreads, 4) fwd_kernel(ScanParams p) {
         acc[j] = ch.D * u[j] + ch.yoff;
       }
     }
+    const bool restarts = __any_sync(0xffffffffu, rst != 0u);
     for (int n0 = 0; n0 < N; n0 += kStates) {
       if constexpr (!DIRECT) {
         __syncthreads();  // the previous group's reads are done
@@ -302,8 +303,8 @@ __global__ void __launch_bounds__(kThreads, 4) fwd_kernel(ScanParams p) {
         const float carry = s_carry[warp * N + n];
         float next, Bv[IT], Cv[IT];
         rows.take(p, Bg, Cg, s, n, n0, tb, kChunk, lane, Bv, Cv);
-        with_restarts(rst, [&](auto restarts) {
-          constexpr bool R = decltype(restarts)::value;
+        with_restarts(restarts, [&](auto any) {
+          constexpr bool R = decltype(any)::value;
           float a[IT], b[IT], fa, fb;
           step_maps<IT, R>(Bv, dtu, dt, rst, A2, h0n, a, b, fa, fb);
           scan_up(fa, fb, lane);
@@ -379,6 +380,7 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_kernel(ScanParams p) {
     __syncwarp();
     float u[IT], dt[IT], dy[IT], ddt[IT], du[IT], yp[IT];
     const unsigned rst = load_steps<T, IT, TM>(p, ch, tb, u, dt);
+    const bool restarts = __any_sync(0xffffffffu, rst != 0u);
 #pragma unroll
     for (int j = 0; j < IT; ++j) {
       const int t = tb + j;
@@ -403,8 +405,8 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_kernel(ScanParams p) {
         const float A2 = cn.x, h0n = cn.y, ho = cn.z, hstart = cn.w, carry = s_carry[warp * N + n];
         float next, P, dA = 0.f, dh0 = 0.f, dho = 0.f, Bv[IT], Cv[IT];
         rows.take(p, Bg, Cg, s, n, n0, tb, -kChunk, lane, Bv, Cv);
-        with_restarts(rst, [&](auto restarts) {
-          constexpr bool R = decltype(restarts)::value;
+        with_restarts(restarts, [&](auto any) {
+          constexpr bool R = decltype(any)::value;
           float a[IT], b[IT], dtu[IT], fa, fb, unused;
 #pragma unroll
           for (int j = 0; j < IT; ++j) dtu[j] = dt[j] * u[j];
