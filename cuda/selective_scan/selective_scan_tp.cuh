@@ -40,8 +40,14 @@ constexpr int kWarps = kThreads / 32;  // channels per block
 #endif
 constexpr int kFwdItems = SSM_OFFSET_TP_FWD_ITEMS, kBwdItems = SSM_OFFSET_TP_BWD_ITEMS;
 // the forward saves the state at every chunk start and the backward starts its chunks from them
-static_assert(32 * kFwdItems == kStatesEvery && 32 * kBwdItems == kStatesEvery,
-              "a time-parallel chunk must be ScanParams::states' interval");
+static_assert((32 * kFwdItems) % kStatesEvery == 0 && kStatesEvery % kFwdItems == 0 && 32 * kBwdItems == kStatesEvery,
+              "a forward chunk must be whole intervals of ScanParams::states, each starting at a lane's first step; a "
+              "backward chunk one interval");
+// ScanParams::states the forward saves inside a chunk (at lane kLanesPerState, 2 kLanesPerState, ...) besides its end
+constexpr int kLanesPerState = kStatesEvery / kFwdItems, kMidStates = 32 / kLanesPerState - 1;
+#ifndef SSM_OFFSET_TP_FWD_BLOCKS
+#define SSM_OFFSET_TP_FWD_BLOCKS 4
+#endif
 
 // Inclusive scan over the warp's lanes of the maps h -> a h + b, in time order (lane 0 first).
 __device__ __forceinline__ void scan_up(float &a, float &b, int lane) {
@@ -212,7 +218,7 @@ __device__ __forceinline__ void with_restarts(bool any, F &&body) {
 // where three global loads and their address arithmetic stood; w is the backward's state at the current chunk's start
 // (loaded per chunk, coalesced, from the forward's ScanParams::states). After them the kernels keep per warp and state one
 // carry (the forward) or a carry and the dA, dh', dh0 sums (the backward): the floats a state takes in all.
-constexpr size_t kFwdStateFloats = 4 + 1, kBwdStateFloats = 4 + 1 + 3;
+constexpr size_t kFwdStateFloats = 4 + 1 + kMidStates, kBwdStateFloats = 4 + 1 + 3;
 __device__ __forceinline__ float4 *state_consts(const ScanParams &p, const Chan1 &ch, float4 *dyn) {
   const int warp = threadIdx.x / 32, N = p.nstate;
   float4 *con = dyn + warp * N;
@@ -262,7 +268,7 @@ __device__ __forceinline__ void save_states(const ScanParams &p, const Chan1 &ch
 }
 
 template <typename T, int IT, bool TM, bool DIRECT>
-__global__ void __launch_bounds__(kThreads, 4) fwd_kernel(ScanParams p) {
+__global__ void __launch_bounds__(kThreads, SSM_OFFSET_TP_FWD_BLOCKS) fwd_kernel(ScanParams p) {
   constexpr int kChunk = 32 * IT;
   __shared__ BCTile<IT, kStates, true, true> s;
   extern __shared__ float4 s_dyn4[];
@@ -270,6 +276,8 @@ __global__ void __launch_bounds__(kThreads, 4) fwd_kernel(ScanParams p) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, N = p.nstate, L = p.len, d = ch.d;
   const float4 *con = state_consts(p, ch, s_dyn4);
   float *s_carry = reinterpret_cast<float *>(s_dyn4 + kWarps * N);  // [warp][n]: h at the current chunk's start
+  // [m][warp][n]: h at the chunk's (m + 1)-th interval of ScanParams::states, where a chunk holds several
+  float *s_mid = s_carry + kWarps * N;
   for (int n = lane; n < N; n += 32) s_carry[warp * N + n] = con[n].y;
   save_states(p, ch, -kStatesEvery, s_carry + warp * N);
   const T *Bg = group_ptr<T>(p.B, p.sB, ch.bp), *Cg = group_ptr<T>(p.C, p.sC, ch.bp);
@@ -309,6 +317,9 @@ __global__ void __launch_bounds__(kThreads, 4) fwd_kernel(ScanParams p) {
           step_maps<IT, R>(Bv, dtu, dt, rst, A2, h0n, a, b, fa, fb);
           scan_up(fa, fb, lane);
           float h = lane_start<true>(fa, fb, carry, lane, next);
+          if constexpr (kMidStates > 0) {
+            if (lane % kLanesPerState == 0 && lane > 0) s_mid[(lane / kLanesPerState - 1) * kWarps * N + warp * N + n] = h;
+          }
 #pragma unroll
           for (int j = 0; j < IT; ++j) {
             h = ((R && ((rst >> j) & 1u)) ? 0.f : a[j]) * h + b[j];
@@ -319,7 +330,9 @@ __global__ void __launch_bounds__(kThreads, 4) fwd_kernel(ScanParams p) {
         if (lane == 0) s_carry[warp * N + n] = next;
       }
     }
-    save_states(p, ch, c0, s_carry + warp * N);
+#pragma unroll
+    for (int m = 0; m < kMidStates; ++m) save_states(p, ch, c0 + m * kStatesEvery, s_mid + m * kWarps * N + warp * N);
+    save_states(p, ch, c0 + kChunk - kStatesEvery, s_carry + warp * N);
     if (ch.active) {
 #pragma unroll
       for (int j = 0; j < IT; ++j) {
