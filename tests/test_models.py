@@ -487,3 +487,35 @@ def test_adapter_tensors_get_gradients_and_bf16_runs(hf_dirs):
     assert cache.ssm[0].dtype == torch.float32 and cache.conv[0].dtype == torch.bfloat16
     assert (parallel - full).abs().max().item() < 0.1
     assert (steps - parallel).abs().max().item() < 0.1
+
+
+def test_mamba_mixer_hands_the_scan_channel_major_x_z_and_delta(monkeypatch):
+    """The time-parallel kernels take only channel-major inputs (cuda/selective_scan/step.cu, time_parallel): the mixer
+    lays u, delta and z out with each channel's steps adjacent (a layout copy of a projection's output each), and the
+    model's output is what the time-major views give."""
+    from ssm_offset.models import mamba as mamba_module
+    from ssm_offset.ops._common import time_major
+
+    model = MambaForCausalLM(MambaConfig(vocab_size=50, hidden_size=16, state_size=4, num_hidden_layers=2)).eval()
+    spread_weights(model)
+    ids = torch.randint(0, 50, (2, 9), generator=torch.Generator().manual_seed(0))
+    real, seen = mamba_module.selective_scan, []
+
+    def spy(u, delta, A, B, C, D=None, z=None, **kw):
+        seen.append((u, delta, z))
+        return real(u, delta, A, B, C, D=D, z=z, **kw)
+
+    def time_major_spy(u, delta, A, B, C, D=None, z=None, **kw):
+        views = [t.transpose(1, 2).contiguous().transpose(1, 2) for t in (delta, z)]
+        return real(u, views[0], A, B, C, D=D, z=views[1], **kw)
+
+    monkeypatch.setattr(mamba_module, "selective_scan", spy)
+    with torch.no_grad():
+        logits = model(ids).logits
+    assert len(seen) == 2
+    for u, delta, z in seen:
+        for name, t in (("u", u), ("delta", delta), ("z", z)):
+            assert t.stride(-1) == 1 and not time_major(t), (name, t.stride())
+    monkeypatch.setattr(mamba_module, "selective_scan", time_major_spy)
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, logits)

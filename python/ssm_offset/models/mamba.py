@@ -79,10 +79,11 @@ class MambaMixer(nn.Module):
     ) -> torch.Tensor:
         batch, length, _ = hidden_states.shape
         # Channel-major (batch, D, L) tensors, each channel's steps adjacent in memory, for x, z and Δ: the conv reads
-        # x so, and the scan kernels read it fastest (their time-parallel family, for batch x D up to 16,384, only
-        # so; benches/results/kernels-tp-h100.md). One copy each of the projections' (batch, L, ·) outputs buys it;
-        # at one token (decode) the views are already contiguous and nothing is copied.
-        x, z = self.in_proj(hidden_states).transpose(1, 2).contiguous().chunk(2, dim=1)
+        # x so, and the scan kernels read it fastest (their time-parallel family only so;
+        # benches/results/kernels-tp-h100.md). One copy each of the projections' (batch, L, ·) outputs buys it (x and
+        # z apart: x then reaches the conv contiguous, and their gradients meet again in in_proj's (batch, L, 2D)
+        # layout); at one token (decode) the views are already contiguous and nothing is copied.
+        x, z = (t.transpose(1, 2).contiguous() for t in self.in_proj(hidden_states).chunk(2, dim=-1))
         conv_state = cache.conv[self.layer_idx] if cache is not None else None
         x, conv_state = causal_conv(self.conv1d, x, conv_state, seq_idx)
         x = F.silu(x)
