@@ -2,6 +2,7 @@
 kernels for one forward+backward (after warm-up and autotuning), to compare our path with mamba_ssm's.
 
     python3 benches/gpu/profile_ssd.py ["mamba_ssm plain" "ours plain" ...] [--host: cProfile of the host side]
+        [--max-configs=N: autotuning configs kept per SSD kernel, as bench_ssd.py's --max-configs]
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import bench_ssd  # noqa: E402
 from bench_ssd import arms, fwd_bwd  # noqa: E402
 
 
@@ -33,6 +35,9 @@ def host_profile(fb, name) -> None:
 
 
 def main() -> None:
+    for a in sys.argv[1:]:
+        if a.startswith("--max-configs="):
+            bench_ssd.MAX_CONFIGS = int(a.split("=", 1)[1])
     fns = arms()
     host = "--host" in sys.argv
     names = [a for a in sys.argv[1:] if not a.startswith("--")] or [
