@@ -216,8 +216,9 @@ __device__ __forceinline__ void with_restarts(bool any, F &&body) {
 
 // Per warp and state, in dynamic shared memory: (A_n log2 e, h_0,n, h'_n, w), read with one 16-byte load a state
 // where three global loads and their address arithmetic stood; w is the backward's state at the current chunk's start
-// (loaded per chunk, coalesced, from the forward's ScanParams::states). After them the kernels keep per warp and state one
-// carry (the forward) or a carry and the dA, dh', dh0 sums (the backward): the floats a state takes in all.
+// (loaded per chunk, coalesced, from the forward's ScanParams::states). After them the kernels keep per warp and state
+// one carry and the states saved inside a chunk (the forward) or a carry and the dA, dh', dh0 sums (the backward): the
+// floats a state takes in all.
 constexpr size_t kFwdStateFloats = 4 + 1 + kMidStates, kBwdStateFloats = 4 + 1 + 3;
 __device__ __forceinline__ float4 *state_consts(const ScanParams &p, const Chan1 &ch, float4 *dyn) {
   const int warp = threadIdx.x / 32, N = p.nstate;
@@ -256,8 +257,8 @@ struct Rows {
   }
 };
 
-// The state at the start of the chunk after the one at c0 (in h: the warp's carries, N of them), for the backward
-// (ScanParams::states[b][d][chunk][n]); chunk 0's, the initial state, with c0 = -kStatesEvery. Once a chunk, out of
+// h (the warp's N values) as the state kStatesEvery steps after step c0, for the backward
+// (ScanParams::states[b][d][c0 / kStatesEvery + 1][n]); the initial state with c0 = -kStatesEvery. Once a chunk, out of
 // the state loop, with the warp's lanes side by side.
 __device__ __forceinline__ void save_states(const ScanParams &p, const Chan1 &ch, int c0, const float *h) {
   __syncwarp();  // lane 0's carries are in
@@ -317,8 +318,9 @@ __global__ void __launch_bounds__(kThreads, SSM_OFFSET_TP_FWD_BLOCKS) fwd_kernel
           step_maps<IT, R>(Bv, dtu, dt, rst, A2, h0n, a, b, fa, fb);
           scan_up(fa, fb, lane);
           float h = lane_start<true>(fa, fb, carry, lane, next);
-          if constexpr (kMidStates > 0) {
-            if (lane % kLanesPerState == 0 && lane > 0) s_mid[(lane / kLanesPerState - 1) * kWarps * N + warp * N + n] = h;
+          if constexpr (kMidStates > 0) {  // this lane starts an interval of ScanParams::states
+            if (lane % kLanesPerState == 0 && lane > 0)
+              s_mid[(lane / kLanesPerState - 1) * kWarps * N + warp * N + n] = h;
           }
 #pragma unroll
           for (int j = 0; j < IT; ++j) {
