@@ -341,8 +341,9 @@ def test_time_major_views_match_contiguous_inputs(length, dtype, mixed, kernel_p
         runs.append((y, grads))
     assert runs[1][0].transpose(1, 2).is_contiguous(), runs[1][0].stride()
     # the same arithmetic either way; what may differ is the order of the atomic adds that sum dA, dB, dC, dD and
-    # the adapters' gradients over blocks and time segments (fp32: ~1e-4 relative on sums over L=1000); a layout
-    # mistake would be off by O(1)
+    # the adapters' gradients over blocks and time segments (fp32: ~1e-4 relative on sums over L=1000, measured
+    # against the largest element: an element whose terms cancel keeps their rounding, as dA[38, 10] did once at
+    # 1.8e-4 on 0.023); a layout mistake would be off by O(1)
     tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)
     # y: no atomics, so the channel-parallel kernels give the same bits; the time-parallel ones read channel-major B
     # and C with their own vector loads and time-major ones through a staged tile (two compiled paths, which may
@@ -351,7 +352,7 @@ def test_time_major_views_match_contiguous_inputs(length, dtype, mixed, kernel_p
         if dtype == torch.float32 else dict(rtol=8e-3, atol=1e-2)
     torch.testing.assert_close(runs[1][0], runs[0][0], **exact)
     for a, b in zip(runs[1][1], runs[0][1]):
-        torch.testing.assert_close(a, b, **tol)
+        torch.testing.assert_close(a, b, rtol=tol["rtol"], atol=tol["atol"] * max(1.0, b.abs().max().item()))
 
 
 def test_torch_compile_fullgraph_on_cuda():
