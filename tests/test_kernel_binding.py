@@ -104,3 +104,14 @@ def test_info_states_the_kernel_family_rule_the_extension_applies(monkeypatch, v
         assert "(backward || channels <= kTimeParallelTo)" in step
     else:
         assert text.startswith(family), text
+
+
+def test_the_state_interval_is_one_number_on_both_sides():
+    """The forward op's chunk states: op.py's fake and reference size them with STATES_EVERY, the binding and the
+    kernels with selective_scan.h's kStatesEvery; were they to differ, the binding would refuse every backward."""
+    from ssm_offset.ops.selective_scan.op import STATES_EVERY
+
+    header = (ROOT / "cuda" / "selective_scan" / "selective_scan.h").read_text()
+    found = re.search(r"constexpr int kStatesEvery = (\d+);", header)
+    assert found, "selective_scan.h: no kStatesEvery"
+    assert int(found.group(1)) == STATES_EVERY

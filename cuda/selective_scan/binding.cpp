@@ -167,8 +167,7 @@ std::tuple<Tensor, Tensor, Tensor> fwd(const Tensor &u, const Tensor &delta, con
   p.sy = strides(y, p.time_major, "y");
   const auto f32 = u.options().dtype(at::kFloat);
   Tensor final_state = at::empty({p.batch, p.dim, p.nstate}, f32);
-  Tensor states = at::empty({p.batch, p.dim, (p.len + ssm_offset::kStatesEvery - 1) / ssm_offset::kStatesEvery,
-                             p.nstate}, f32);
+  Tensor states = at::empty({p.batch, p.dim, ssm_offset::state_chunks(p.len), p.nstate}, f32);
   p.y = y.data_ptr();
   p.final_state = final_state.data_ptr<float>();
   p.states = states.data_ptr<float>();
@@ -229,12 +228,11 @@ std::vector<Tensor> bwd(const Tensor &dout, const Opt &dfinal, const Tensor &u, 
     const long long nch = (p.len + chunk - 1) / chunk;
     const Tensor seg = split_time(p, p.tp ? 1 : ssm_offset::bwd_segments(p), chunk, true, f32);
     // both families start from the forward's states (the time-parallel kernels every chunk, the others every piece)
-    const long long pieces = (p.len + ssm_offset::kStatesEvery - 1) / ssm_offset::kStatesEvery;
-    const std::vector<int64_t> want{p.batch, p.dim, pieces, p.nstate};
+    const std::vector<int64_t> want{p.batch, p.dim, ssm_offset::state_chunks(p.len), p.nstate};
     TORCH_CHECK(chunk_states.is_cuda() && chunk_states.scalar_type() == at::kFloat && chunk_states.is_contiguous() &&
                     chunk_states.sizes().vec() == want,
                 "chunk_states: expected the forward's contiguous float32 (batch, D, chunks, N) = (", p.batch, ", ",
-                p.dim, ", ", pieces, ", ", p.nstate, "), got ", chunk_states.sizes());
+                p.dim, ", ", ssm_offset::state_chunks(p.len), ", ", p.nstate, "), got ", chunk_states.sizes());
     p.states = chunk_states.data_ptr<float>();
     Tensor ckpt;
     if (!p.tp) {  // the channel-parallel backward checkpoints every chunk of the piece it is running

@@ -75,6 +75,8 @@ struct ScanParams {
 // time-parallel kernels' chunk is this long, and the channel-parallel forward's time tiles and segments end on
 // multiples of it (kSegmentAlign).
 constexpr int kStatesEvery = 256;
+// How many entries ScanParams::states has per channel for a row of len steps
+__host__ __device__ inline int state_chunks(int len) { return (len + kStatesEvery - 1) / kStatesEvery; }
 // The channel-parallel forward's time split: segments whole multiples of this (every forward tile length divides
 // it), so that each multiple of kStatesEvery inside a row is the end of some tile.
 constexpr int kSegmentAlign = 64;

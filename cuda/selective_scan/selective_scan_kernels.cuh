@@ -239,6 +239,11 @@ struct TilePos {
 };
 
 // B or C of the block's batch row and group; element (n, t) from there is at n * ld + t (time-major: t * ld + n).
+// Entry k of ScanParams::states for channel d of batch row b: the state's nstate floats
+__device__ __forceinline__ float *states_row(const ScanParams &p, int b, int d, int k) {
+  return p.states + (((long long)b * p.dim + d) * state_chunks(p.len) + k) * p.nstate;
+}
+
 template <typename T>
 __device__ __forceinline__ const T *group_ptr(const void *base, const BCStrides &s, const BlockPos &bp) {
   return static_cast<const T *>(base) + bp.b * s.b + bp.g * s.g;
@@ -403,8 +408,7 @@ __global__ void __launch_bounds__(kThreads, Cfg<NPT, LPC>::kFwdMinBlocks) fwd_ke
   // so every multiple of kStatesEvery below L is the end of one tile (or the row's start)
   auto save = [&](int t) {
     if (!SUMMARY && active && t % kStatesEvery == 0 && t < p.len) {
-      float *row = p.states + (((long long)bp.b * p.dim + d) * ((p.len + kStatesEvery - 1) / kStatesEvery) +
-                               t / kStatesEvery) * N;
+      float *row = states_row(p, bp.b, d, t / kStatesEvery);
 #pragma unroll
       for (int k = 0; k < NPT; ++k)
         if (lane * NPT + k < N) row[lane * NPT + k] = h[k];
@@ -544,8 +548,7 @@ __global__ void __launch_bounds__(kThreads, Cfg<NPT, LPC>::kBwdMinBlocks) bwd_ke
     if (p0 == w.T0) {
       load_state<NPT>(h, (active && p.seg_start) ? p.seg_start + seg_row : h0row, lane, N);
     } else {
-      const long long pieces = (L + kStatesEvery - 1) / kStatesEvery;
-      load_state<NPT>(h, active ? p.states + (((long long)bp.b * p.dim + d) * pieces + piece) * N : nullptr, lane, N);
+      load_state<NPT>(h, active ? states_row(p, bp.b, d, piece) : nullptr, lane, N);
     }
 
     // 1. replay the recurrence to checkpoint the state at every chunk start (every chunk but the last is whole)

@@ -262,9 +262,9 @@ struct Rows {
 // the state loop, with the warp's lanes side by side.
 __device__ __forceinline__ void save_states(const ScanParams &p, const Chan1 &ch, int c0, const float *h) {
   __syncwarp();  // lane 0's carries are in
-  const int k = c0 / kStatesEvery + 1, chunks = (p.len + kStatesEvery - 1) / kStatesEvery;
-  if (!ch.active || k >= chunks) return;
-  float *row = p.states + (((long long)ch.bp.b * p.dim + ch.d) * chunks + k) * p.nstate;
+  const int k = c0 / kStatesEvery + 1;
+  if (!ch.active || k >= state_chunks(p.len)) return;
+  float *row = states_row(p, ch.bp.b, ch.d, k);
   for (int n = threadIdx.x % 32; n < p.nstate; n += 32) row[n] = h[n];
 }
 
@@ -374,7 +374,7 @@ __global__ void __launch_bounds__(kThreads, 3) bwd_kernel(ScanParams p) {
   const T *Bg = group_ptr<T>(p.B, p.sB, ch.bp), *Cg = group_ptr<T>(p.C, p.sC, ch.bp);
   const long long dn = (long long)d * N;
   // the forward's state at each chunk start: states[b][d][chunk][n]
-  const float *saved = p.states + ((long long)ch.bp.b * p.dim + d) * nch * N;
+  const float *saved = states_row(p, ch.bp.b, d, 0);
 
   // chunks in reverse
   __syncwarp();
