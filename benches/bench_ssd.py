@@ -109,6 +109,22 @@ def arms(chunk=CHUNK):
     }
 
 
+def graphed(fb):
+    """fb captured once in a CUDA graph (after the warm-up calls that autotuned it) and replayed: what its kernels cost
+    with the host's launch path taken out, as a step under torch.compile(mode="reduce-overhead") runs it. This shape
+    is host-bound otherwise, for mamba_ssm's call as for ours (back_to_back)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fb()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fb()
+    return graph.replay
+
+
 def back_to_back(fn, calls=50):
     """(host ms, wall ms) a call over `calls` calls issued back to back, as a training loop issues them: host is
     the time to return from the calls (launches queued), wall includes waiting for the GPU at the end. Where
@@ -146,23 +162,25 @@ def main(argv=None):
         fbs[name]()
         torch.cuda.synchronize()
         peaks[name] = (torch.cuda.max_memory_allocated() - base) / 2**20
-    samples = {name: {"fwd": [], "fwdbwd": [], "host": [], "wall": []} for name in fns}
+    replays = {name: graphed(fb) for name, fb in fbs.items()}
+    samples = {name: {"fwd": [], "fwdbwd": [], "graph": [], "host": [], "wall": []} for name in fns}
     for r in range(args.rounds):
         for name, fn in fns.items():
             t = fwd_inputs[name]
             with torch.no_grad():
                 samples[name]["fwd"].append(bench(lambda: fn(t)))
             samples[name]["fwdbwd"].append(bench(fbs[name], warmup=20, rep=200))
+            samples[name]["graph"].append(bench(replays[name], warmup=10, rep=200))
             host, wall = back_to_back(fbs[name])
             samples[name]["host"].append(host)
             samples[name]["wall"].append(wall)
             s = samples[name]
             print(f"round {r}: {name:40s} fwd {s['fwd'][-1]:7.3f} ms   fwd+bwd {s['fwdbwd'][-1]:7.3f} ms   "
-                  f"back to back: host {host:6.3f} wall {wall:6.3f} ms", flush=True)
+                  f"graphed {s['graph'][-1]:7.3f} ms   back to back: host {host:6.3f} wall {wall:6.3f} ms", flush=True)
     rows = []
     for name, s in samples.items():
         rows.append(dict(arm=name, fwd_ms=median(s["fwd"]), fwdbwd_ms=median(s["fwdbwd"]),
-                         fwdbwd_spread_ms=max(s["fwdbwd"]) - min(s["fwdbwd"]),
+                         fwdbwd_spread_ms=max(s["fwdbwd"]) - min(s["fwdbwd"]), graph_ms=median(s["graph"]),
                          host_ms=median(s["host"]), b2b_wall_ms=median(s["wall"]),
                          peak_extra_mb=peaks[name], samples=s))
     plain = {r["arm"]: r for r in rows}["mamba_ssm plain"]
@@ -170,6 +188,7 @@ def main(argv=None):
         r["fwd_vs_mamba_plain"] = r["fwd_ms"] / plain["fwd_ms"]
         r["fwdbwd_vs_mamba_plain"] = r["fwdbwd_ms"] / plain["fwdbwd_ms"]
         r["b2b_vs_mamba_plain"] = r["b2b_wall_ms"] / plain["b2b_wall_ms"]
+        r["graph_vs_mamba_plain"] = r["graph_ms"] / plain["graph_ms"]
     meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, cuda=torch.version.cuda,
                 python=platform.python_version(), date=time.strftime("%Y-%m-%d %H:%M:%S"),
                 shape="B8 L2048 H64 P64 N128 G1 chunk 256 bf16, D + dt_bias + softplus, no z",
@@ -178,14 +197,16 @@ def main(argv=None):
     lines = [f"# Mamba-2 SSD, {meta['shape']}, {meta['device']}", "",
              f"`{meta['command']}` — torch {meta['torch']} (CUDA {meta['cuda']}), {meta['date']}.", "",
              f"Medians over {args.rounds} round-robin rounds. fwd, fwd+bwd: do_bench (L2 flushed before each call); "
-             "back to back: 50 forward+backward calls issued in a row, host = time to return from them, wall = "
-             "until the GPU finished (host ≈ wall: host-bound).", "",
-             "| arm | fwd ms | × mamba_ssm plain | fwd+bwd ms (spread) | × mamba_ssm plain | back to back host / wall ms "
-             "| wall × mamba_ssm plain | peak extra MB (fwd+bwd) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "in a CUDA graph: one forward+backward captured and replayed (do_bench), the kernels without the host's "
+             "launch path; back to back: 50 forward+backward calls issued in a row, host = time to return from them, "
+             "wall = until the GPU finished (host ≈ wall: host-bound).", "",
+             "| arm | fwd ms | × mamba_ssm plain | fwd+bwd ms (spread) | × mamba_ssm plain | fwd+bwd in a CUDA graph ms "
+             "| × mamba_ssm plain | back to back host / wall ms | wall × mamba_ssm plain | peak extra MB (fwd+bwd) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['arm']} | {r['fwd_ms']:.3f} | {r['fwd_vs_mamba_plain']:.2f} | {r['fwdbwd_ms']:.3f} "
-                     f"({r['fwdbwd_spread_ms']:.3f}) | {r['fwdbwd_vs_mamba_plain']:.2f} | {r['host_ms']:.3f} / "
+                     f"({r['fwdbwd_spread_ms']:.3f}) | {r['fwdbwd_vs_mamba_plain']:.2f} | {r['graph_ms']:.3f} | "
+                     f"{r['graph_vs_mamba_plain']:.2f} | {r['host_ms']:.3f} / "
                      f"{r['b2b_wall_ms']:.3f} | {r['b2b_vs_mamba_plain']:.2f} | {r['peak_extra_mb']:.0f} |")
     emit(lines, args.out, meta=meta, rows=rows)
 

@@ -47,6 +47,7 @@ def test_bench_ssd_rounds_medians_and_files(tmp_path, monkeypatch):
 
     monkeypatch.setattr(mod, "make_inputs", make_inputs)
     monkeypatch.setattr(mod, "fwd_bwd", lambda fn: (lambda t: lambda: fn(t).sum().backward())(make_inputs(True)))
+    monkeypatch.setattr(mod, "graphed", lambda fb: fb)  # no CUDA graph on the CPU: the replay is the call itself
     calls = {"mamba_ssm plain": 0, "ours state offset": 0}
 
     def arm(name, f):
@@ -67,9 +68,11 @@ def test_bench_ssd_rounds_medians_and_files(tmp_path, monkeypatch):
         assert len(r["samples"]["fwd"]) == len(r["samples"]["fwdbwd"]) == len(r["samples"]["wall"]) == 3
         assert r["fwdbwd_ms"] == sorted(r["samples"]["fwdbwd"])[1]  # the median of three
         assert r["peak_extra_mb"] == 3.0
-    # round-robin: a round times every arm (forward, then forward+backward) before the next round starts
-    assert rows["mamba_ssm plain"]["samples"]["fwd"] == [1.0, 5.0, 9.0]
-    assert rows["ours state offset"]["samples"]["fwdbwd"] == [4.0, 8.0, 12.0]
+    # round-robin: a round times every arm (forward, forward+backward, its graph replay) before the next round starts
+    assert rows["mamba_ssm plain"]["samples"]["fwd"] == [1.0, 7.0, 13.0]
+    assert rows["ours state offset"]["samples"]["fwdbwd"] == [5.0, 11.0, 17.0]
+    assert rows["ours state offset"]["samples"]["graph"] == [6.0, 12.0, 18.0]
+    assert rows["ours state offset"]["graph_vs_mamba_plain"] == 12.0 / 9.0
     # back to back: 50 calls between two readings of the clock (1 s), the GPU's end one reading later: ms a call
     assert rows["ours state offset"]["samples"]["host"] == [20.0] * 3
     assert rows["ours state offset"]["samples"]["wall"] == [40.0] * 3

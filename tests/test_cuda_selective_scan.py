@@ -148,11 +148,27 @@ def _kernels_built():
     ERRORS.write(os.environ.get("SSM_OFFSET_ERROR_LOG"))  # the GPU run's record of how close each output came
 
 
-@pytest.fixture(params=["channel-parallel", "time-parallel"])
+# Each Mamba-1 kernel family forced through the variables the extension reads at every call (step.cu): the
+# channel-parallel kernels, the time-parallel ones, and the state-parallel forward (fp16 / bf16, N = 16, channel-major;
+# other calls fall back to the rule) followed by the backward the rule picks.
+FAMILIES = {
+    "channel-parallel": {"SSM_OFFSET_TIME_PARALLEL": "0", "SSM_OFFSET_STATE_PARALLEL": "0"},
+    "time-parallel": {"SSM_OFFSET_TIME_PARALLEL": "1", "SSM_OFFSET_STATE_PARALLEL": "0"},
+    "state-parallel": {"SSM_OFFSET_TIME_PARALLEL": None, "SSM_OFFSET_STATE_PARALLEL": "1"},
+}
+
+
+def _family(monkeypatch, name):
+    for var, value in FAMILIES[name].items():
+        if value is None:
+            monkeypatch.delenv(var, raising=False)
+        else:
+            monkeypatch.setenv(var, value)
+
+
+@pytest.fixture(params=list(FAMILIES))
 def kernel_path(request, monkeypatch):
-    """Both Mamba-1 kernel families: the channel-parallel kernels (the default) and the time-parallel ones
-    (SSM_OFFSET_TIME_PARALLEL=1, which the extension reads at every call)."""
-    monkeypatch.setenv("SSM_OFFSET_TIME_PARALLEL", "1" if request.param == "time-parallel" else "0")
+    _family(monkeypatch, request.param)
     return request.param
 
 
@@ -249,26 +265,59 @@ def test_document_boundaries_match_float64_reference(case, kernel_path):
         _close(f"d{k} (seq_idx)", leaves[k].grad, ref_leaves[k].grad.to(leaves[k].grad.dtype), dt, seed)
 
 
-@pytest.mark.parametrize("fwd_family,bwd_family", [("0", "1"), ("1", "0")])
-def test_backward_of_either_family_after_a_forward_of_the_other(fwd_family, bwd_family, monkeypatch):
-    """The rule may send a call's forward and backward to different families (the backward is time-parallel at more
-    channels than the forward): each backward starts from the forward's chunk states, whoever wrote them."""
+@pytest.mark.parametrize("fwd_family,bwd_family,dtype", [
+    ("channel-parallel", "time-parallel", torch.float32), ("time-parallel", "channel-parallel", torch.float32),
+    ("state-parallel", "time-parallel", torch.bfloat16), ("state-parallel", "channel-parallel", torch.bfloat16),
+])
+def test_backward_of_either_family_after_a_forward_of_the_other(fwd_family, bwd_family, dtype, monkeypatch):
+    """The rules may send a call's forward and backward to different families (the state-parallel kernel is a forward
+    only; the backward is time-parallel at more channels than the forward): each backward starts from the forward's
+    chunk states, whoever wrote them."""
     seed = torch.seed() % (2**31)
-    case = dict(length=2049, nstate=16, groups=1, dtype=torch.float32, **ALL_ON)
+    case = dict(length=2049, nstate=16, groups=1, dtype=dtype, **ALL_ON)
     t = _inputs(case, batch=2, dim=8, seed=seed)
     leaves = {k: v.clone().requires_grad_(True) for k, v in t.items() if v is not None}
     ref_leaves = {k: v.detach().double().requires_grad_(True) for k, v in t.items() if v is not None}
-    monkeypatch.setenv("SSM_OFFSET_TIME_PARALLEL", fwd_family)
+    _family(monkeypatch, fwd_family)
     y, final = selective_scan(**leaves, delta_softplus=True, return_final_state=True)
-    monkeypatch.setenv("SSM_OFFSET_TIME_PARALLEL", bwd_family)
+    _family(monkeypatch, bwd_family)
     dy, dfinal = torch.randn_like(y), torch.randn_like(final)
     _poison()
     torch.autograd.backward((y, final), (dy, dfinal))
     y_ref, final_ref = selective_scan_naive(**ref_leaves, delta_softplus=True)
     torch.autograd.backward((y_ref, final_ref), (dy.double(), dfinal.double()))
     for k in leaves:
-        _close(f"d{k} (fwd {fwd_family}, bwd {bwd_family})", leaves[k].grad, ref_leaves[k].grad.float(),
-               torch.float32, seed)
+        _close(f"d{k} (fwd {fwd_family}, bwd {bwd_family})", leaves[k].grad,
+               ref_leaves[k].grad.to(leaves[k].grad.dtype), dtype, seed)
+
+
+@pytest.mark.parametrize("dtype,layout,state_parallel", [
+    (torch.bfloat16, "channel-major", True), (torch.float16, "channel-major", True),
+    (torch.float32, "channel-major", False), (torch.bfloat16, "unaligned", False),
+])
+def test_state_parallel_forward_runs_where_it_can(dtype, layout, state_parallel, monkeypatch):
+    """With SSM_OFFSET_STATE_PARALLEL=1 the forward of a channel-major 16-bit N = 16 call runs the state-parallel
+    kernel (the profiler names it); fp32, and a B whose rows cannot be read as 16-byte vectors, take the rule's
+    family; every one matches the reference. L = 1000 ends mid-chunk and mid-group (128, 16 steps)
+    but keeps 16-bit rows 16-byte aligned, as the kernel needs."""
+    from torch.profiler import ProfilerActivity, profile
+
+    _family(monkeypatch, "state-parallel")
+    seed = torch.seed() % (2**31)
+    length = 1000
+    case = dict(length=length, nstate=16, groups=1, dtype=dtype, **ALL_ON)
+    t = {k: v for k, v in _inputs(case, batch=2, dim=16, seed=seed).items() if v is not None}
+    if layout == "unaligned":  # rows of L + 1 steps, of which the first L: each row starts 2 bytes off the last
+        wide = torch.randn(*t["B"].shape[:-1], length + 1, device="cuda", dtype=dtype)
+        wide[..., :length] = t["B"]
+        t["B"] = wide[..., :length]
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        y = selective_scan(**t, delta_softplus=True)
+        torch.cuda.synchronize()
+    names = [e.key for e in prof.key_averages() if "fwd_kernel" in e.key]
+    assert names and any("::sp::" in k for k in names) == state_parallel, names
+    y_ref = selective_scan_naive(**{k: v.double() for k, v in t.items()}, delta_softplus=True)[0]
+    _close(f"y ({layout}, {dtype})", y, y_ref, dtype, seed)
 
 
 def test_document_boundaries_equal_separate_documents(kernel_path):

@@ -82,26 +82,34 @@ def test_the_check_reads_what_it_should():
     assert [n for _, n in cpp_params("fwd")][:3] == ["u", "delta", "A"]
 
 
-@pytest.mark.parametrize("value, family", [(None, "rule"), ("", "rule"), ("1", "time-parallel"),
-                                           ("2", "time-parallel"), ("0", "channel-parallel"),
-                                           ("no", "channel-parallel")])
-def test_info_states_the_kernel_family_rule_the_extension_applies(monkeypatch, value, family):
-    """`ssm-offset info` describes which Mamba-1 kernels run as step.cu's time_parallel() decides it: the variable read
-    as C's atoi (unset or empty: the rule), and the rule's channel bounds as selective_scan.h defines them."""
+@pytest.mark.parametrize("time_parallel, state_parallel, family", [
+    (None, None, "rule"), ("", "", "rule"), ("1", None, "time-parallel"), ("2", "1", "time-parallel"),
+    ("0", None, "channel-parallel"), ("no", None, "channel-parallel"), (None, "1", "state-parallel forward"),
+    (None, "0", "time-parallel for"),
+])
+def test_info_states_the_kernel_family_rule_the_extension_applies(monkeypatch, time_parallel, state_parallel, family):
+    """`ssm-offset info` describes which Mamba-1 kernels run as step.cu's time_parallel() and state_parallel() decide
+    it: the variables read as C's atoi (unset or empty: the rules; SSM_OFFSET_TIME_PARALLEL set turns the
+    state-parallel rule off), and the rules' bounds as selective_scan.h defines them."""
     from ssm_offset.ops import kernels
 
-    if value is None:
-        monkeypatch.delenv("SSM_OFFSET_TIME_PARALLEL", raising=False)
-    else:
-        monkeypatch.setenv("SSM_OFFSET_TIME_PARALLEL", value)
+    for name, value in (("SSM_OFFSET_TIME_PARALLEL", time_parallel), ("SSM_OFFSET_STATE_PARALLEL", state_parallel)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
     text = kernels._kernel_family()
+    header = (ROOT / "cuda" / "selective_scan" / "selective_scan.h").read_text()
+    lo, hi = (int(v) for v in re.search(r"kTimeParallelFrom = (\d+), kTimeParallelTo = (\d+);", header).groups())
+    step = (ROOT / "cuda/selective_scan/step.cu").read_text()
     if family == "rule":
-        header = (ROOT / "cuda" / "selective_scan" / "selective_scan.h").read_text()
-        lo, hi = (int(v) for v in re.search(r"kTimeParallelFrom = (\d+), kTimeParallelTo = (\d+);", header).groups())
         assert f"{lo + 1:,}..{hi:,} batch x channels" in text and f"backward: from {lo + 1:,} up" in text, text
-        step = (ROOT / "cuda/selective_scan/step.cu").read_text()
         assert "N <= 16" in text and "p.nstate <= 16" in step
         assert "(backward || channels <= kTimeParallelTo)" in step
+        assert text.startswith(f"forward: state-parallel for channel-major fp16/bf16 inputs with N = 16, rows "
+                               f"16-byte aligned and more than {lo:,} batch x channels"), text
+        assert "if (elem_bytes != 2 || p.time_major || p.nstate != 16 || !detail::sp::usable" in step
+        assert "return (long long)p.batch * p.dim > kTimeParallelFrom;" in step
     else:
         assert text.startswith(family), text
 

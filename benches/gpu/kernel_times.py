@@ -1,8 +1,8 @@
 """GPU kernel time of one Mamba-1 scan forward and forward+backward (bf16, z, D, delta_bias, softplus, a state
-offset), summed over the kernels torch.profiler records, for ours with each kernel family (channel-parallel,
-time-parallel: SSM_OFFSET_TIME_PARALLEL, which the extension reads at every call) and for mamba_ssm. Wall-clock
-timings of a forward+backward at few channels are host-bound (autograd and allocation around ~1 ms of launches);
-this separates what the kernels cost.
+offset), summed over the kernels torch.profiler records, for ours with each kernel family forced (channel-parallel,
+time-parallel, state-parallel: SSM_OFFSET_TIME_PARALLEL / _STATE_PARALLEL, which the extension reads at every call),
+ours as the rules choose, and mamba_ssm. Wall-clock timings of a forward+backward at few channels are host-bound
+(autograd and allocation around ~1 ms of launches); this separates what the kernels cost.
 
     python3 benches/gpu/kernel_times.py --shapes 4x2048x1024x16,1x4096x8192x16 [--mixer]
 """
@@ -39,8 +39,13 @@ def main() -> None:
     args = ap.parse_args()
     from ssm_offset.ops.selective_scan import selective_scan
 
-    arms = {f"ours {fam}": (lambda t, off: selective_scan(*t, True, state_offset=off), flag)
-            for fam, flag in (("channel-parallel", "0"), ("time-parallel", "1"))}
+    # each family forced through the variables the extension reads at every call (step.cu); the state-parallel
+    # kernel is a forward only, its arm's backward the rule's
+    families = {"channel-parallel": {"SSM_OFFSET_TIME_PARALLEL": "0", "SSM_OFFSET_STATE_PARALLEL": "0"},
+                "time-parallel": {"SSM_OFFSET_TIME_PARALLEL": "1", "SSM_OFFSET_STATE_PARALLEL": "0"},
+                "state-parallel": {"SSM_OFFSET_STATE_PARALLEL": "1"}, "by the rules": {}}
+    arms = {f"ours {fam}": (lambda t, off: selective_scan(*t, True, state_offset=off), env)
+            for fam, env in families.items()}
     if not args.no_mamba_ssm:
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
 
@@ -50,9 +55,10 @@ def main() -> None:
         b, d, length, n = (int(v) for v in shape.split("x"))
         inputs, off = make_inputs(b, d, length, n, args.mixer)
         leaves = leaves_of(inputs, off)
-        for arm, (call, flag) in arms.items():
-            if flag is not None:
-                os.environ["SSM_OFFSET_TIME_PARALLEL"] = flag
+        for arm, (call, env) in arms.items():
+            for k in ("SSM_OFFSET_TIME_PARALLEL", "SSM_OFFSET_STATE_PARALLEL"):
+                os.environ.pop(k, None)
+            os.environ.update(env or {})
             used = leaves if arm.startswith("ours") else leaves[:-1]
             fwd, fwd_bwd = passes(call, inputs, off, used, args.mixer)
             f, fb = kernel_ms(fwd), kernel_ms(fwd_bwd)
@@ -60,7 +66,8 @@ def main() -> None:
                          "fwd_bwd_kernel_ms": round(fb, 4)})
             print(f"{arm:24s} {shape:16s}{' mixer' if args.mixer else ''} kernels: fwd {f:7.3f} ms  fwd+bwd {fb:7.3f} ms",
                   flush=True)
-    os.environ.pop("SSM_OFFSET_TIME_PARALLEL", None)
+    for k in ("SSM_OFFSET_TIME_PARALLEL", "SSM_OFFSET_STATE_PARALLEL"):
+        os.environ.pop(k, None)
     print(json.dumps({"gpu": torch.cuda.get_device_name(0), "rows": rows}))
 
 

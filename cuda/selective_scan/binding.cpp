@@ -172,8 +172,10 @@ std::tuple<Tensor, Tensor, Tensor> fwd(const Tensor &u, const Tensor &delta, con
   p.final_state = final_state.data_ptr<float>();
   p.states = states.data_ptr<float>();
   if (p.len == 0 || p.batch == 0 || p.dim == 0) return {y, final_state, states};
-  p.tp = ssm_offset::time_parallel(p, false);
-  const Tensor seg = split_time(p, p.tp ? 1 : ssm_offset::fwd_segments(p), ssm_offset::kSegmentAlign, false, f32);
+  p.sp = ssm_offset::state_parallel(p, static_cast<int>(u.element_size()));
+  p.tp = !p.sp && ssm_offset::time_parallel(p, false);
+  const Tensor seg = split_time(p, p.tp || p.sp ? 1 : ssm_offset::fwd_segments(p), ssm_offset::kSegmentAlign, false,
+                                f32);
   auto stream = c10::cuda::getCurrentCUDAStream();
   switch (dtype_code(u)) {
     case 0: ssm_offset::launch_fwd_f32(p, stream); break;

@@ -69,6 +69,9 @@ struct ScanParams {
   // Nonzero: the time-parallel kernels (selective_scan_tp.cuh) instead, with no split (nseg = 1); their backward
   // needs no ckpt. Both backwards start from `states` (the forward's).
   int tp;
+  // Nonzero: the forward runs the state-parallel kernel (selective_scan_sp.cuh), with no split (nseg = 1); it writes
+  // `states` as the others do.
+  int sp;
 };
 
 // The interval of ScanParams::states; ssm_offset/ops/selective_scan/op.py's STATES_EVERY is the same number. The
@@ -118,6 +121,13 @@ int bwd_segments(const ScanParams &p);
 // chunks from the forward's states whichever family wrote them, has no upper bound: it was faster at 32,768 channels.
 constexpr long long kTimeParallelFrom = 1024, kTimeParallelTo = 16384;
 bool time_parallel(const ScanParams &p, bool backward);
+// Whether the forward takes the state-parallel kernel (selective_scan_sp.cuh), which reads channel-major fp16 / bf16
+// inputs (elem_bytes 2) with N = 16 whose rows are 16-byte aligned (for contiguous inputs: L a multiple of 8):
+// SSM_OFFSET_STATE_PARALLEL=1 wherever it can, =0 never; unset, wherever it can with more than kTimeParallelFrom
+// batch x channels (where it was measured faster than both other families and mamba_ssm:
+// benches/results/kernels-sp-h100.md), unless SSM_OFFSET_TIME_PARALLEL or SSM_OFFSET_SEGMENTS asks for another family.
+// Its forward is followed by the backward time_parallel() picks.
+bool state_parallel(const ScanParams &p, int elem_bytes);
 
 // Length of one backward chunk (the checkpoint interval) for a state size and batch x dim channels;
 // the caller sizes ckpt as (batch, nseg, min(kStatesEvery / chunk, ceil(len / chunk)), dim, padded_state(...)) floats.

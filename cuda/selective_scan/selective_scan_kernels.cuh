@@ -877,6 +877,7 @@ inline dim3 scan_grid(const ScanParams &p) {
 }  // namespace ssm_offset
 
 #include "selective_scan_tp.cuh"
+#include "selective_scan_sp.cuh"
 
 namespace ssm_offset {
 namespace detail {
@@ -917,6 +918,9 @@ void launch_fwd_layout(const ScanParams &p, cudaStream_t s) {
 
 template <typename T>
 void launch_fwd(const ScanParams &p, cudaStream_t s) {
+  if constexpr (sizeof(T) == 2) {  // state_parallel() sets sp only for what the kernel reads: 16-bit inputs, ...
+    if (p.sp) return sp::launch_fwd<T>(p, s);
+  }
   if (p.tp) return tp::launch_fwd<T>(p, s);
   SSM_OFFSET_DISPATCH_NSTATE(p.nstate, p.batch * p.dim < narrow_below(false), {
     if (p.time_major) launch_fwd_layout<T, NPT, LPC, true>(p, s);

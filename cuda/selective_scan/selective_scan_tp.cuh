@@ -150,9 +150,19 @@ struct Run {
     }
   }
   __device__ __forceinline__ void get(float *out) const {
-    const T *x = reinterpret_cast<const T *>(v);
 #pragma unroll
-    for (int j = 0; j < IT; ++j) out[j] = to_f(x[j]);
+    for (int j = 0; j < IT; ++j) out[j] = at(j);
+  }
+  __device__ __forceinline__ float at(int j) const { return to_f(reinterpret_cast<const T *>(v)[j]); }
+  // the run back to a row from tb: one vector store where whole, else its elements before len
+  __device__ __forceinline__ void store(T *row, int tb, int len) const {
+    if (tb + IT <= len) {
+#pragma unroll
+      for (int k = 0; k < kVec; ++k) reinterpret_cast<uint4 *>(row + tb)[k] = v[k];
+    } else {
+      const T *x = reinterpret_cast<const T *>(v);
+      for (int j = 0; j < IT && tb + j < len; ++j) row[tb + j] = x[j];
+    }
   }
 };
 

@@ -109,6 +109,16 @@ bool time_parallel(const ScanParams &p, bool backward) {
   return !p.time_major && p.nstate <= 16 && channels > kTimeParallelFrom && (backward || channels <= kTimeParallelTo);
 }
 
+bool state_parallel(const ScanParams &p, int elem_bytes) {
+  // what the kernel can read: 16-bit inputs (its staged B and C then fit a block), channel-major, N = 16, every row it
+  // reads with 16-byte vectors aligned (for contiguous inputs: L a multiple of 8)
+  if (elem_bytes != 2 || p.time_major || p.nstate != 16 || !detail::sp::usable<__nv_bfloat16>(p)) return false;
+  const int forced = env_int("SSM_OFFSET_STATE_PARALLEL", -1);  // read at every call, as time_parallel's
+  if (forced >= 0) return forced > 0;
+  if (forced_segments() > 0 || env_int("SSM_OFFSET_TIME_PARALLEL", -1) >= 0) return false;  // another family was asked for
+  return (long long)p.batch * p.dim > kTimeParallelFrom;
+}
+
 int bwd_chunk_len(int nstate, int channels) {
   int len = 0;
   SSM_OFFSET_DISPATCH_NSTATE(nstate, channels < detail::narrow_below(true), { len = detail::Cfg<NPT, LPC>::kTb; })

@@ -110,17 +110,29 @@ def status() -> str:
 
 
 def _kernel_family() -> str:
-    """Which Mamba-1 kernels the extension takes (it reads SSM_OFFSET_TIME_PARALLEL at every call, as atoi; unset:
-    its own rule, cuda/selective_scan/selective_scan.h time_parallel)."""
-    raw = os.environ.get("SSM_OFFSET_TIME_PARALLEL", "").strip()
-    if not raw:
-        return ("channel-parallel; time-parallel for channel-major inputs with N <= 16 and 1,025..16,384 "
-                "batch x channels (the backward: from 1,025 up)")
-    try:
-        forced = int(raw) > 0
-    except ValueError:
-        forced = False
-    return "time-parallel (SSM_OFFSET_TIME_PARALLEL)" if forced else "channel-parallel (SSM_OFFSET_TIME_PARALLEL)"
+    """Which Mamba-1 kernels the extension takes. It reads SSM_OFFSET_TIME_PARALLEL and SSM_OFFSET_STATE_PARALLEL at
+    every call, as atoi; unset, its own rules (cuda/selective_scan/selective_scan.h: time_parallel, state_parallel)."""
+    def forced(name):
+        raw = os.environ.get(name, "").strip()
+        if not raw:
+            return None
+        try:
+            return int(raw) > 0
+        except ValueError:
+            return False
+
+    time_parallel, state_parallel = forced("SSM_OFFSET_TIME_PARALLEL"), forced("SSM_OFFSET_STATE_PARALLEL")
+    if time_parallel is not None:
+        return "time-parallel (SSM_OFFSET_TIME_PARALLEL)" if time_parallel else "channel-parallel (SSM_OFFSET_TIME_PARALLEL)"
+    rule = ("time-parallel for channel-major inputs with N <= 16 and 1,025..16,384 batch x channels (the backward: "
+            "from 1,025 up), else channel-parallel")
+    if state_parallel is None:
+        return ("forward: state-parallel for channel-major fp16/bf16 inputs with N = 16, rows 16-byte aligned and "
+                "more than 1,024 batch x channels, else " + rule)
+    if state_parallel:
+        return ("state-parallel forward for channel-major fp16/bf16 inputs with N = 16 and rows 16-byte aligned "
+                "(SSM_OFFSET_STATE_PARALLEL); " + rule)
+    return rule + " (SSM_OFFSET_STATE_PARALLEL=0)"
 
 
 def _selective_scan_status() -> str:
