@@ -1,7 +1,7 @@
 """Shape checks and dtype rules shared by every scan face (reference, chunked, step, kernels)."""
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -114,3 +114,60 @@ def fake_grads(tensors):
 def select_grads(ctx_needs, grads, present):
     """Map the op's dense gradient list back to autograd's None-for-absent convention."""
     return [g if (need and p) else None for g, need, p in zip(grads, ctx_needs, present)]
+
+
+# ------------------------------------------------------------------------------------------------ op definitions
+
+_LIB = torch.library.Library("ssm_offset", "FRAGMENT")
+
+
+def define_op(name: str) -> Callable:
+    """Decorator: defines the op ssm_offset::<name> with the schema of the decorated function's annotations, which
+    becomes its implementation on every device without a kernel of its own (kernels.py registers the CUDA ones with
+    torch.library.register_kernel). Returns the op (an OpOverload); give it a fake implementation with
+    torch.library.register_fake and, where it is differentiable, a backward with `define_autograd`."""
+
+    def define(fn: Callable):
+        _LIB.define(name + torch.library.infer_schema(fn, mutates_args=()))
+        _LIB.impl(name, fn, "CompositeExplicitAutograd")
+        return getattr(torch.ops.ssm_offset, name).default
+
+    return define
+
+
+def define_autograd(op, setup_context: Callable, backward: Callable) -> None:
+    """The op's autograd, one torch.autograd.Function registered as its Autograd kernel: setup_context(ctx, inputs,
+    output) saves what backward(ctx, *grad_outputs) needs, which returns one gradient (or None) per input of the
+    schema.
+
+    torch.library.custom_op generates the same with more Python around every call (the schema's defaults filled back
+    in, its dispatch keys and keyword arguments packed): with it a Mamba-1 scan's forward+backward cost the host
+    0.25 ms, with this 0.19 (benches/bench_scan_host.py, the 2-core CPU, kernels stubbed; bench_ssd_host.py: ours
+    over mamba_ssm's call +0.25 -> +0.14 ms). Where few channels make a forward+backward host-bound
+    (benches/results/kernels-h100.md at 4x2048x1024) that is wall-clock time. torch.compile traces this kernel as it
+    traces custom_op's: the Function is applied to fake tensors and its backward calls the backward op."""
+    schema = op._schema
+    defaults = tuple(a.default_value for a in schema.arguments)
+
+    class Backward(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, *args):
+            with torch._C._AutoDispatchBelowAutograd():
+                out = op(*args)
+            setup_context(ctx, args, out)
+            return out
+
+        @staticmethod
+        def backward(ctx, *grads):
+            return backward(ctx, *grads)
+
+    Backward.__name__ = f"{schema.name.split('::')[-1]}_backward"
+
+    def autograd_kernel(*args):
+        args = args + defaults[len(args):]  # the dispatcher leaves out trailing arguments equal to their defaults
+        if torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
+            return Backward.apply(*args)
+        with torch._C._AutoDispatchBelowAutograd():
+            return op(*args)
+
+    _LIB.impl(schema.name.split("::")[-1], autograd_kernel, "Autograd")

@@ -10,7 +10,8 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .._common import compute_dtype, empty_scan_like, fake_grads, recompute_grads, scan_like, select_grads
+from .._common import (compute_dtype, define_autograd, define_op, empty_scan_like, fake_grads, recompute_grads,
+                       scan_like, select_grads)
 from .naive import selective_scan_naive
 from .step import selective_scan_step_reference
 
@@ -59,7 +60,7 @@ def selective_scan_bwd_reference(
     return laid_out_grads(grads, inputs)
 
 
-@torch.library.custom_op("ssm_offset::selective_scan_fwd", mutates_args=())
+@define_op("selective_scan_fwd")
 def selective_scan_fwd(
     u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor],
     delta_bias: Optional[Tensor], delta_softplus: bool, initial_state: Optional[Tensor],
@@ -70,7 +71,7 @@ def selective_scan_fwd(
     )
 
 
-@selective_scan_fwd.register_fake
+@torch.library.register_fake(selective_scan_fwd)
 def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, state_offset, y_offset, seq_idx=None):
     y = empty_scan_like(delta, u.dtype)
     batch, dim, length = u.shape
@@ -79,7 +80,7 @@ def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, state_
             u.new_empty(batch, dim, chunk_count(length), A.shape[1], dtype=f))
 
 
-@torch.library.custom_op("ssm_offset::selective_scan_bwd", mutates_args=())
+@define_op("selective_scan_bwd")
 def selective_scan_bwd(
     dy: Tensor, dfinal_state: Optional[Tensor], u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
     D: Optional[Tensor], z: Optional[Tensor], delta_bias: Optional[Tensor], delta_softplus: bool,
@@ -92,7 +93,7 @@ def selective_scan_bwd(
     )
 
 
-@selective_scan_bwd.register_fake
+@torch.library.register_fake(selective_scan_bwd)
 def _(dy, dfinal_state, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, state_offset, y_offset,
       seq_idx=None, chunk_states=None):
     inputs = (u, delta, A, B, C, D, z, delta_bias, initial_state, state_offset, y_offset)
@@ -120,10 +121,10 @@ def _backward(ctx, dy, dfinal_state, _dchunk_states):
     return (*g[:8], None, *g[8:], None)
 
 
-selective_scan_fwd.register_autograd(_backward, setup_context=_setup_context)
+define_autograd(selective_scan_fwd, _setup_context, _backward)
 
 
-@torch.library.custom_op("ssm_offset::selective_scan_step", mutates_args=())
+@define_op("selective_scan_step")
 def selective_scan_step_op(
     state: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
     z: Optional[Tensor], delta_bias: Optional[Tensor], delta_softplus: bool,
@@ -132,6 +133,6 @@ def selective_scan_step_op(
     return selective_scan_step_reference(state, u, delta, A, B, C, D, z, delta_bias, delta_softplus, state_offset, y_offset)
 
 
-@selective_scan_step_op.register_fake
+@torch.library.register_fake(selective_scan_step_op)
 def _(state, u, delta, A, B, C, D, z, delta_bias, delta_softplus, state_offset, y_offset):
     return torch.empty_like(u), torch.empty_like(state)

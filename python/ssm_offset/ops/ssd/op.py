@@ -9,7 +9,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from .._common import compute_dtype, fake_grads, recompute_grads, select_grads
+from .._common import compute_dtype, define_autograd, define_op, fake_grads, recompute_grads, select_grads
 from .chunk import ssd_chunked
 from .step import ssd_step_reference
 
@@ -38,7 +38,7 @@ def ssd_bwd_reference(
     )
 
 
-@torch.library.custom_op("ssm_offset::ssd_fwd", mutates_args=())
+@define_op("ssd_fwd")
 def ssd_fwd(
     x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor],
     dt_bias: Optional[Tensor], initial_state: Optional[Tensor], state_offset: Optional[Tensor],
@@ -49,14 +49,14 @@ def ssd_fwd(
                       chunk_size, seq_idx)
 
 
-@ssd_fwd.register_fake
+@torch.library.register_fake(ssd_fwd)
 def _(x, dt, A, B, C, D, z, dt_bias, initial_state, state_offset, y_offset, dt_softplus, dt_min, dt_max, chunk_size,
       seq_idx=None):
     b, _, h, p = x.shape
     return x.new_empty(x.shape), x.new_empty(b, h, p, B.shape[-1], dtype=compute_dtype(x))
 
 
-@torch.library.custom_op("ssm_offset::ssd_bwd", mutates_args=())
+@define_op("ssd_bwd")
 def ssd_bwd(
     dy: Tensor, dfinal_state: Optional[Tensor], x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
     D: Optional[Tensor], z: Optional[Tensor], dt_bias: Optional[Tensor], initial_state: Optional[Tensor],
@@ -67,7 +67,7 @@ def ssd_bwd(
                              dt_softplus, dt_min, dt_max, chunk_size, seq_idx)
 
 
-@ssd_bwd.register_fake
+@torch.library.register_fake(ssd_bwd)
 def _(dy, dfinal_state, x, dt, A, B, C, D, z, dt_bias, initial_state, state_offset, y_offset, dt_softplus, dt_min,
       dt_max, chunk_size, seq_idx=None):
     return fake_grads((x, dt, A, B, C, D, z, dt_bias, initial_state, state_offset, y_offset))
@@ -86,10 +86,10 @@ def _backward(ctx, dy, dfinal_state):
     return (*g, None, None, None, None, None)
 
 
-ssd_fwd.register_autograd(_backward, setup_context=_setup_context)
+define_autograd(ssd_fwd, _setup_context, _backward)
 
 
-@torch.library.custom_op("ssm_offset::ssd_step", mutates_args=())
+@define_op("ssd_step")
 def ssd_step_op(
     state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
     z: Optional[Tensor], dt_bias: Optional[Tensor], state_offset: Optional[Tensor], y_offset: Optional[Tensor],
@@ -98,6 +98,6 @@ def ssd_step_op(
     return ssd_step_reference(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, (dt_min, dt_max), state_offset, y_offset)
 
 
-@ssd_step_op.register_fake
+@torch.library.register_fake(ssd_step_op)
 def _(state, x, dt, A, B, C, D, z, dt_bias, state_offset, y_offset, dt_softplus, dt_min, dt_max):
     return torch.empty_like(x), torch.empty_like(state)
