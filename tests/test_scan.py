@@ -324,3 +324,48 @@ def test_shape_errors_name_the_tensor():
         ssd_scan(**dict(s, initial_state=torch.zeros(3, 2, 3)))
     with pytest.raises(ScanShapeError, match=r"y_offset"):
         ssd_scan(**dict(s, y_offset=torch.zeros(8)))
+
+
+def _opcheck_inputs(op):
+    gen = torch.Generator().manual_seed(0)
+
+    def rnd(*shape, positive=False):
+        t = torch.rand(*shape, generator=gen) if positive else torch.randn(*shape, generator=gen)
+        return t.requires_grad_(True)
+
+    if op == "selective_scan_fwd":
+        b, d, length, n = 2, 3, 40, 4
+        seq = torch.tensor([[0] * 15 + [1] * 25, [0] * 40])
+        return (rnd(b, d, length), rnd(b, d, length, positive=True), -rnd(d, n, positive=True).detach().requires_grad_(),
+                rnd(b, 1, n, length), rnd(b, 1, n, length), rnd(d), rnd(b, d, length), rnd(d), True, rnd(d, n),
+                rnd(b, d, n), rnd(d), seq)
+    b, length, h, p, n = 1, 48, 2, 4, 8
+    return (rnd(b, length, h, p), rnd(b, length, h, positive=True), -rnd(h, positive=True).detach().requires_grad_(),
+            rnd(b, length, 1, n), rnd(b, length, 1, n), rnd(h), None, rnd(h), rnd(h, p, n), rnd(b, h, p, n), rnd(h, p),
+            True, 0.0, math.inf, 16)
+
+
+@pytest.mark.parametrize("op", ["selective_scan_fwd", "ssd_fwd"])
+def test_scan_ops_pass_torch_library_opcheck(op):
+    """The ops as torch.library.opcheck sees them: schema, the Autograd kernel registered by
+    _common.define_autograd (no custom_op wrapper), the fake implementation against the real one, and AOT dispatch
+    with dynamic shapes, i.e. what torch.compile relies on. The Mamba-1 case passes seq_idx; the SSD one leaves its
+    trailing default out, which the Autograd kernel must fill back in."""
+    result = torch.library.opcheck(getattr(torch.ops.ssm_offset, op).default, _opcheck_inputs(op))
+    assert set(result) == {"test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic"}
+    assert all(v == "SUCCESS" for v in result.values()), result
+
+
+def test_scan_op_without_grad_records_no_graph():
+    """Where no input requires grad (or grad is off), the Autograd kernel redispatches without the Function, so
+    inference builds no autograd graph."""
+    args = [a.detach() if isinstance(a, torch.Tensor) else a for a in _opcheck_inputs("selective_scan_fwd")]
+    y, final, states = torch.ops.ssm_offset.selective_scan_fwd(*args)
+    assert y.grad_fn is None and not y.requires_grad
+    leaf = _opcheck_inputs("selective_scan_fwd")
+    with torch.no_grad():
+        y, _, _ = torch.ops.ssm_offset.selective_scan_fwd(*leaf)
+    assert y.grad_fn is None
+    y, _, states = torch.ops.ssm_offset.selective_scan_fwd(*leaf)
+    assert y.grad_fn is not None and type(y.grad_fn).__name__ == "selective_scan_fwdBackward"
+    assert not states.requires_grad  # the saved chunk states are marked non-differentiable

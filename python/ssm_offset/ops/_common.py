@@ -149,25 +149,22 @@ def define_autograd(op, setup_context: Callable, backward: Callable) -> None:
     schema = op._schema
     defaults = tuple(a.default_value for a in schema.arguments)
 
-    class Backward(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, *args):
-            with torch._C._AutoDispatchBelowAutograd():
-                out = op(*args)
-            setup_context(ctx, args, out)
-            return out
+    def forward(ctx, *args):
+        with torch._C._AutoDispatchBelowAutograd():
+            out = op(*args)
+        setup_context(ctx, args, out)
+        return out
 
-        @staticmethod
-        def backward(ctx, *grads):
-            return backward(ctx, *grads)
-
-    Backward.__name__ = f"{schema.name.split('::')[-1]}_backward"
+    # named after the op, so that a graph's node reads <op>Backward (autograd names it when the class is made)
+    name = schema.name.split("::")[-1]
+    Function = type(name, (torch.autograd.Function,), {
+        "forward": staticmethod(forward), "backward": staticmethod(backward)})
 
     def autograd_kernel(*args):
         args = args + defaults[len(args):]  # the dispatcher leaves out trailing arguments equal to their defaults
         if torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
-            return Backward.apply(*args)
+            return Function.apply(*args)
         with torch._C._AutoDispatchBelowAutograd():
             return op(*args)
 
-    _LIB.impl(schema.name.split("::")[-1], autograd_kernel, "Autograd")
+    _LIB.impl(name, autograd_kernel, "Autograd")
