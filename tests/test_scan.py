@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from ssm_offset.ops import ScanShapeError, selective_scan, selective_scan_step, ssd_scan, ssd_step
 from ssm_offset.ops.selective_scan import selective_scan_naive
