@@ -31,6 +31,16 @@ def kernel_ms(fn, reps=5):
     return total_us / reps / 1000.0
 
 
+FAMILY_VARS = ("SSM_OFFSET_TIME_PARALLEL", "SSM_OFFSET_STATE_PARALLEL")
+
+
+def use_family(env) -> None:
+    """The extension's family variables exactly as `env` sets them (the others unset: the rules)."""
+    for k in FAMILY_VARS:
+        os.environ.pop(k, None)
+    os.environ.update(env)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shapes", default="8x4096x2048x16,1x4096x8192x16,4x2048x1024x16,8x1536x1024x16")
@@ -56,9 +66,7 @@ def main() -> None:
         inputs, off = make_inputs(b, d, length, n, args.mixer)
         leaves = leaves_of(inputs, off)
         for arm, (call, env) in arms.items():
-            for k in ("SSM_OFFSET_TIME_PARALLEL", "SSM_OFFSET_STATE_PARALLEL"):
-                os.environ.pop(k, None)
-            os.environ.update(env or {})
+            use_family(env or {})
             used = leaves if arm.startswith("ours") else leaves[:-1]
             fwd, fwd_bwd = passes(call, inputs, off, used, args.mixer)
             f, fb = kernel_ms(fwd), kernel_ms(fwd_bwd)
@@ -66,8 +74,7 @@ def main() -> None:
                          "fwd_bwd_kernel_ms": round(fb, 4)})
             print(f"{arm:24s} {shape:16s}{' mixer' if args.mixer else ''} kernels: fwd {f:7.3f} ms  fwd+bwd {fb:7.3f} ms",
                   flush=True)
-    for k in ("SSM_OFFSET_TIME_PARALLEL", "SSM_OFFSET_STATE_PARALLEL"):
-        os.environ.pop(k, None)
+    use_family({})
     print(json.dumps({"gpu": torch.cuda.get_device_name(0), "rows": rows}))
 
 
