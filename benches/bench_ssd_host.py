@@ -1,10 +1,11 @@
 """Host time of the Mamba-2 SSD call on CPU, kernels stubbed: what each arm of benches/bench_ssd.py costs the CPU
 before the GPU does anything, which is what its wall clock measures where the call is host-bound.
 
-The Triton launches return at once (their own launch cost, ~12 a forward+backward in every arm, is left out), our
-CUDA implementations of `ssm_offset::ssd_fwd/_bwd` are registered for CPU tensors, and the tensors are tiny, so
-what is timed is Python and torch dispatch: mamba_ssm's `mamba_chunk_scan_combined` against our op. Needs
-mamba_ssm's pure-Python parts (scripts/setup.sh installs them). Timed arms alternate, median of rounds.
+The Triton launches return at once: their own cost is left out, and they are counted (a forward+backward launches
+19 for mamba_ssm's call, 15 for ours, whose backward reuses the forward's stages). Our CUDA implementations of
+`ssm_offset::ssd_fwd/_bwd` are registered for CPU tensors, and the tensors are tiny, so what is timed is Python and
+torch dispatch: mamba_ssm's `mamba_chunk_scan_combined` against our op. Needs mamba_ssm's pure-Python parts
+(scripts/setup.sh installs them). Timed arms alternate, median of rounds.
 
     python benches/bench_ssd_host.py [--calls 300] [--rounds 5] [--out benches/results/ssd-host-cpu]
 """

@@ -223,6 +223,42 @@ def test_every_chunk_scan_config(dtype):
         warnings.warn(f"{dtype}: configs beyond this GPU's resources (autotuning skips them): {too_big}")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+def test_backward_reuses_the_forward_stages(monkeypatch, dtype):
+    """ssd_fwd returns the stages before its chunk scan (kernel.STAGES), shaped as its fake says (opcheck on CUDA
+    tensors), and a forward+backward runs them once: the backward takes them from the forward and gives the
+    gradients it gives when it runs them again itself."""
+    case = dict(length=300, shape=(16, 16), groups=2, dtype=dtype, chunk=64, **FUSED)
+    t = _inputs(case, seed=11)
+    args = (*t.values(), True, 0.0, float("inf"), 64, _documents(BATCH, 300, 11))
+    leaves = [a.clone().requires_grad_(True) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+              for a in args]
+    result = torch.library.opcheck(torch.ops.ssm_offset.ssd_fwd.default, leaves,
+                                   test_utils=("test_schema", "test_faketensor"))
+    assert all(v == "SUCCESS" for v in result.values()), result
+    out = torch.ops.ssm_offset.ssd_fwd(*args)
+    stages = out[2:]
+    fake = ssd_kernel.empty_stages(t["x"], t["B"], 64, fast=True)
+    assert [(s.shape, s.dtype) for s in stages] == [(f.shape, f.dtype) for f in fake]
+    assert all(s.numel() > 0 for s in stages)
+
+    calls = []
+    real = ssd_kernel._stages
+    monkeypatch.setattr(ssd_kernel, "_stages", lambda *a, **k: calls.append(1) or real(*a, **k))
+    y, final, *_ = torch.ops.ssm_offset.ssd_fwd(*leaves)
+    dy, dfinal = torch.randn_like(y), torch.randn_like(final)
+    torch.autograd.backward((y, final), (dy, dfinal))
+    assert len(calls) == 1, f"the stages ran {len(calls)} times in a forward+backward"
+    kept = ssd_kernel.ssd_bwd_cuda(dy, dfinal, *args, *stages)
+    again = ssd_kernel.ssd_bwd_cuda(dy, dfinal, *args)
+    assert len(calls) == 2
+    # equal up to the order of mamba_ssm's atomic sums (ddt, dD), so held to the tests' tolerances
+    failures = [check(f"d{name}", a, b, dtype) for name, a, b in zip(t, kept, again)]
+    failures += [check(f"d{name} (autograd)", leaf.grad, g, dtype)
+                 for name, leaf, g in zip(t, leaves, kept) if t[name] is not None]
+    assert not any(failures), "; ".join(f for f in failures if f)
+
+
 def test_torch_compile_fullgraph_on_cuda():
     case = dict(length=300, shape=(16, 16), groups=1, dtype=torch.float32, z=False, D="h", dt_bias=True,
                 softplus=True, dt_limit=False, initial_state="shared", state_offset="shared", y_offset="shared")

@@ -108,7 +108,10 @@ def test_info_states_the_kernel_family_rule_the_extension_applies(monkeypatch, t
         assert "(backward || channels <= kTimeParallelTo)" in step
         assert text.startswith(f"forward: state-parallel for channel-major fp16/bf16 inputs with N = 16, rows "
                                f"16-byte aligned and more than {lo:,} batch x channels"), text
-        assert "if (elem_bytes != 2 || p.time_major || p.nstate != 16 || !detail::sp::usable" in step
+        assert "if (elem_bytes != 2 || !detail::sp::usable<__nv_bfloat16>(p)) return false;" in step
+        usable = (ROOT / "cuda/selective_scan/selective_scan_sp.cuh").read_text()
+        assert "return p.nstate == kLanes && tp::direct<T, kGroup>(p)" in usable and "kLanes = 16" in usable
+        assert "return !p.time_major && rows_aligned<T>(p.B" in (ROOT / "cuda/selective_scan/selective_scan_tp.cuh").read_text()
         assert "return (long long)p.batch * p.dim > kTimeParallelFrom;" in step
     else:
         assert text.startswith(family), text

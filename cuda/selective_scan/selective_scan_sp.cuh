@@ -79,14 +79,12 @@ struct BCStage {
   }
 };
 
-// What the kernel reads with 16-byte vectors: B and C channel-major (each lane's 16-step run), and u, delta, z and y
-// rows (each lane's 8 steps); step.cu's state_parallel() asks
+// What the kernel can run: one lane a state (N = 16), and with 16-byte vectors B and C channel-major (each lane's
+// 16-step run, tp::direct) and u, delta, z and y rows (each lane's 8 steps); step.cu's state_parallel() asks
 template <typename T>
 bool usable(const ScanParams &p) {
   auto aligned = [](const void *ptr, const Strides &st) {
-    constexpr long long e = sizeof(T);
-    return ptr == nullptr || (reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && (st.b * e) % 16 == 0 &&
-                              ((long long)st.ld * e) % 16 == 0);
+    return ptr == nullptr || tp::rows_aligned<T>(ptr, st.b, 0, st.ld);
   };
   return p.nstate == kLanes && tp::direct<T, kGroup>(p) && aligned(p.u, p.su) && aligned(p.delta, p.sdelta) &&
          aligned(p.z, p.sz) && aligned(p.y, p.sy);

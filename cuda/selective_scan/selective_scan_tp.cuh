@@ -554,15 +554,19 @@ void launch(K kernel, const ScanParams &p, size_t floats, cudaStream_t s) {
   kernel<<<scan_grid<kWarps>(p), kThreads, dyn, s>>>(p);
 }
 
+// Rows of T read with 16-byte vectors: the base and every step between rows (batch, group, leading) 16-byte multiples,
+// so that each row, and each 8-element (16-bit T) run in it, starts aligned
+template <typename T>
+bool rows_aligned(const void *ptr, long long batch_stride, long long group_stride, long long ld) {
+  constexpr long long e = sizeof(T);
+  return reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && (batch_stride * e) % 16 == 0 && (group_stride * e) % 16 == 0 &&
+         (ld * e) % 16 == 0;
+}
+
 // B and C read by each lane straight from global memory: channel-major, every lane's run starting 16-byte aligned
 template <typename T, int IT>
 bool direct(const ScanParams &p) {
-  auto aligned = [](const void *ptr, const BCStrides &st) {
-    constexpr long long e = sizeof(T);
-    return reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && (st.b * e) % 16 == 0 && (st.g * e) % 16 == 0 &&
-           ((long long)st.ld * e) % 16 == 0;
-  };
-  return !p.time_major && aligned(p.B, p.sB) && aligned(p.C, p.sC);
+  return !p.time_major && rows_aligned<T>(p.B, p.sB.b, p.sB.g, p.sB.ld) && rows_aligned<T>(p.C, p.sC.b, p.sC.g, p.sC.ld);
 }
 
 template <typename T>

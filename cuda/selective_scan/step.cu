@@ -110,9 +110,9 @@ bool time_parallel(const ScanParams &p, bool backward) {
 }
 
 bool state_parallel(const ScanParams &p, int elem_bytes) {
-  // what the kernel can read: 16-bit inputs (its staged B and C then fit a block), channel-major, N = 16, every row it
-  // reads with 16-byte vectors aligned (for contiguous inputs: L a multiple of 8)
-  if (elem_bytes != 2 || p.time_major || p.nstate != 16 || !detail::sp::usable<__nv_bfloat16>(p)) return false;
+  // what the kernel can read: 16-bit inputs (its staged B and C then fit a block), and what sp::usable asks: N = 16,
+  // channel-major, every row it reads with 16-byte vectors aligned (for contiguous inputs: L a multiple of 8)
+  if (elem_bytes != 2 || !detail::sp::usable<__nv_bfloat16>(p)) return false;
   const int forced = env_int("SSM_OFFSET_STATE_PARALLEL", -1);  // read at every call, as time_parallel's
   if (forced >= 0) return forced > 0;
   if (forced_segments() > 0 || env_int("SSM_OFFSET_TIME_PARALLEL", -1) >= 0) return false;  // another family was asked for

@@ -164,19 +164,26 @@ def kernel_case(case, seed):
 def pipeline_case(case, seed):
     t, seq = inputs(case, seed)
     args = (*t.values(), True, *limits(case), case["chunk"], seq)
-    y, final = ssd_kernel.ssd_fwd_cuda(*args)
+    y, final, *stages = ssd_kernel.ssd_fwd_cuda(*args)
     want, want_final = reference(t, seq, case)
     failures = []
     closeness("y", y, want, torch.float32, failures)
     closeness("final_state", final, want_final, torch.float32, failures)
+    fake = ssd_kernel.empty_stages(t["x"], t["B"], case["chunk"], fast=True)
+    for name, got, expected in zip(ssd_kernel.STAGES, stages, fake):
+        if got.shape != expected.shape or got.dtype != expected.dtype:
+            failures.append(f"stage {name}: {tuple(got.shape)} {got.dtype}, the fake says {tuple(expected.shape)} "
+                            f"{expected.dtype}")
     g = torch.Generator().manual_seed(seed + 1)
     dy, dfinal = torch.randn(y.shape, generator=g), torch.randn(final.shape, generator=g)
-    got = ssd_kernel.ssd_bwd_cuda(dy, dfinal, *args)
     d = [v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v for v in args]
     ref = ssd_bwd_reference(dy.double(), dfinal.double(), *d)
-    for name, a, r, v in zip(t, got, ref, t.values()):
-        if v is not None:
-            closeness(f"d{name}", a, r, torch.float32, failures)
+    # from the forward's stages, and (the backward called without them) from the stages run again
+    for how, extra in (("", stages), (" without stages", [])):
+        got = ssd_kernel.ssd_bwd_cuda(dy, dfinal, *args, *extra)
+        for name, a, r, v in zip(t, got, ref, t.values()):
+            if v is not None:
+                closeness(f"d{name}{how}", a, r, torch.float32, failures)
     return failures
 
 

@@ -57,7 +57,7 @@ def ssd_scan(
         raise ValueError(f"x: got shape {tuple(x.shape)}, expected (batch, L, H, P)")
     _check(x, dt, A, B, C, D, z, dt_bias, initial_state, state_offset, y_offset, lead=tuple(x.shape[:2]))
     check_seq_idx(seq_idx, x.shape[0], x.shape[1])
-    y, final = torch.ops.ssm_offset.ssd_fwd(
+    y, final, *_stages = torch.ops.ssm_offset.ssd_fwd(
         x, dt, A, B, C, D, z, dt_bias, initial_state, state_offset, y_offset,
         dt_softplus, float(dt_limit[0]), float(dt_limit[1]), int(chunk_size), seq_idx,
     )

@@ -9,15 +9,18 @@ cumsum of Δ·A (with dt_bias / softplus / dt_limit), each chunk's own state, th
     out_t = (y_t + C_t h' + y') ⊙ silu(z_t)          y_t = C_t h_t + D x_t   (mamba_ssm's ungated output)
 
 C_t h' is one more (Q×N)·(N×P) tile product on the C tile already loaded for C_t·S, so an offset costs no
-extra pass over y. The backward is mamba_ssm's `_mamba_chunk_scan_combined_bwd` on the gradient before the
-gate, dy_pre = dout ⊙ silu(z); then
+extra pass over y. The forward returns its four stages beside y (STAGES; the op saves them for its backward),
+and the backward calls mamba_ssm's backward stages from them (`_backward_stages`) on the gradient before the gate,
+dy_pre = dout ⊙ silu(z), where mamba_ssm's own backward runs those four stages again: four launches fewer, which
+is what a host-bound call waits for. They hold less than mamba_ssm keeps (its output, the size of x): the
+states entering each chunk in x's dtype (x's size times N / chunk), C·Bᵀ per chunk (G·chunk fp32 a token) and
+the discretized Δ with its cumsum (2·H fp32 a token). Then
 
     dh'[h] = Σ_t dy_pre_t,hᵀ C_t          dC_t += Σ_{h in group} dy_pre_t,h h'[h]          dy' = Σ_t dy_pre_t
 
 are two plain matrix products (cuBLAS) over (batch·L, H·P) views and a sum. With z, dz needs the pre-gate
-sum s = y + C h' + y', which the op does not keep: the backward re-runs the forward stages and our kernel in
-its backward mode, which writes dy_pre and dz instead of out (mamba_ssm's own backward re-runs most of it
-too). Mamba-2 models gate in their RMSNorm, so their scans have no z.
+sum s = y + C h' + y', which the op does not keep: our kernel runs again in its backward mode on the kept
+stages, writing dy_pre and dz instead of out. Mamba-2 models gate in their RMSNorm, so their scans have no z.
 
 mamba_ssm's package `__init__` imports its compiled CUDA extension, which a pure-Python install (an sdist
 with MAMBA_SKIP_CUDA_BUILD=TRUE, or the unpacked source on PYTHONPATH) does not have; the Triton SSD needs
@@ -120,7 +123,10 @@ def _documents(seq_idx):
 def _restarts(seq_idx, dt, A, dt_bias, C, initial_state, dt_softplus, dt_min, dt_max):
     """What mamba_ssm's seq_idx lacks: it restarts every later document from zero, where ours restart from the
     initial state. Its contribution, y_t += exp(Σ_{s≤r≤t} Δ_r a) C_t·h_0 over a document starting at s > 0 (and
-    to the final state), is the reference's own formula (chunk._restarted_initial_state), in fp32 / fp64."""
+    to the final state), is the reference's own formula (chunk._restarted_initial_state), in fp32 / fp64. None, None
+    where there is nothing to restart (no documents or no initial state)."""
+    if seq_idx is None or initial_state is None:
+        return None, None
     from .chunk import _restarted_initial_state
     from .naive import discretize_dt, heads_to_groups
 
@@ -131,19 +137,40 @@ def _restarts(seq_idx, dt, A, dt_bias, C, initial_state, dt_softplus, dt_min, dt
     return _restarted_initial_state(seq_idx, a * A.float(), h0, heads_to_groups(C.float(), nheads), zero)
 
 
-def _forward(x, dt, A, B, C, D, z, dt_bias, initial_state, state_offset, y_offset, dt_softplus, dt_min, dt_max,
-             chunk_size, seq_idx=None, dout=None):
-    """The scan's output (batch, L, H, P) in x's dtype, offsets and gate applied, and the fp32 final state; with
-    dout (needs z), (dy_pre, dz) in place of the output. With document boundaries each document restarts from
-    the initial state (mamba_ssm's seq_idx plus `_restarts`, added in our kernel before the gate)."""
-    from .scan_kernel import chunk_scan
+STAGES = ("dA_cumsum", "dt_chunked", "cb", "states")
 
-    m = _mamba_ssd()
+
+def _fast(x, chunk_size) -> bool:
+    """Whether a CUDA call of the op takes the path below (and so returns its stages): kernels registered for
+    CUDA tensors, and `_usable`. The op's fake asks the same question of its fake tensors."""
+    from .. import kernels
+
+    return x.device.type == "cuda" and kernels._registered and _usable(x, chunk_size)
+
+
+def empty_stages(x, B, chunk_size, fast):
+    """The stages ssd_fwd returns for its backward, as empty tensors: shaped as `_stages` makes them where the path
+    below serves the call (`fast`), else of no elements (the reference keeps none). In order (STAGES):
+    dA_cumsum and dt_chunked (batch, H, chunks, Q) fp32, cb (batch, chunks, G, Q, Q) fp32, states (batch, chunks, H,
+    P, N) in x's dtype."""
+    f = torch.float32
+    if not fast:
+        return (x.new_empty(0, dtype=f), x.new_empty(0, dtype=f), x.new_empty(0, dtype=f), x.new_empty(0))
+    batch, length, nheads, headdim = x.shape
+    groups, nstate = B.shape[-2:]
+    q = _chunk(chunk_size)
+    nchunks = -(-length // q)
+    return (x.new_empty(batch, nheads, nchunks, q, dtype=f), x.new_empty(batch, nheads, nchunks, q, dtype=f),
+            x.new_empty(batch, nchunks, groups, q, q, dtype=f), x.new_empty(batch, nchunks, nheads, headdim, nstate))
+
+
+def _stages(m, x, dt, A, B, C, dt_bias, initial_state, dt_softplus, dt_min, dt_max, q, docs):
+    """mamba_ssm's four stages before the chunk scan: the within-chunk cumsum of Δ·A and the discretized Δ (with
+    dt_bias / softplus / dt_limit), each chunk's own state, the states passed across chunks from the initial state
+    (the one entering each chunk, in x's dtype, and the fp32 final state) and the per-chunk C·Bᵀ (zero across
+    documents). x, B, C contiguous in x's dtype. Returns (dA_cumsum, dt_chunked, cb, states), final."""
     batch, length, nheads, headdim = x.shape
     nstate = B.shape[-1]
-    q = _chunk(chunk_size)
-    x, B, C = x.contiguous(), B.contiguous(), C.to(x.dtype).contiguous()
-    docs = _documents(seq_idx)
     init = _full_state(initial_state, batch)
     dA_cumsum, dt_c = m._chunk_cumsum_fwd(dt.contiguous(), A.float().contiguous(), q,
                                           dt_bias=None if dt_bias is None else dt_bias.contiguous(),
@@ -151,32 +178,50 @@ def _forward(x, dt, A, B, C, D, z, dt_bias, initial_state, state_offset, y_offse
     own = m._chunk_state_fwd(B, x, dt_c, dA_cumsum, seq_idx=docs, states_in_fp32=True)
     entering, final = m._state_passing_fwd(own.flatten(-2), dA_cumsum[:, :, :, -1],
                                            initial_states=None if init is None else init.flatten(-2),
-                                           seq_idx=docs, chunk_size=q, out_dtype=C.dtype)
-    entering, final = entering.unflatten(-1, (headdim, nstate)), final.unflatten(-1, (headdim, nstate)).float()
+                                           seq_idx=docs, chunk_size=q, out_dtype=x.dtype)
     cb = m._bmm_chunk_fwd(C, B, q, seq_idx=docs, output_dtype=torch.float32)
-    restart = None
-    if seq_idx is not None and initial_state is not None:
-        restart, final_h0 = _restarts(seq_idx, dt, A, dt_bias, C, initial_state, dt_softplus, dt_min, dt_max)
-        final = final + final_h0
-    out = chunk_scan(cb, x, dt_c, dA_cumsum, C, entering, D=D, z=None if z is None else z.to(x.dtype),
-                     state_offset=state_offset, y_offset=y_offset, extra=restart, seq_idx=docs,
-                     dout=None if dout is None else dout.to(x.dtype))
-    return out, final
+    return (dA_cumsum, dt_c, cb, entering.unflatten(-1, (headdim, nstate))), final.unflatten(-1, (headdim, nstate))
+
+
+def _scan(stages, x, C, D, z, state_offset, y_offset, docs, restart, dout=None):
+    """Our chunk-scan kernel on the stages: the output (batch, L, H, P), offsets and gate applied, with `restart`
+    (`_restarts`) added before the gate; with dout (needs z), (dy_pre, dz) in its place."""
+    from .scan_kernel import chunk_scan
+
+    dA_cumsum, dt_c, cb, states = stages
+    return chunk_scan(cb, x, dt_c, dA_cumsum, C, states, D=D, z=None if z is None else z.to(x.dtype),
+                      state_offset=state_offset, y_offset=y_offset, extra=restart, seq_idx=docs,
+                      dout=None if dout is None else dout.to(x.dtype))
 
 
 def ssd_fwd_cuda(x, dt, A, B, C, D, z, dt_bias, initial_state, state_offset, y_offset, dt_softplus, dt_min, dt_max,
                  chunk_size, seq_idx=None):
-    from .op import _reference
+    """The output (batch, L, H, P) in x's dtype, offsets and gate applied, the fp32 final state, and the stages the
+    backward reuses (STAGES) instead of running them again. With document boundaries each document restarts from
+    the initial state (mamba_ssm's seq_idx plus `_restarts`, added in our kernel before the gate)."""
+    from .op import reference_op
 
     if not _usable(x, chunk_size):
-        return _reference(x, dt, A, B, C, D, z, dt_bias, initial_state, state_offset, y_offset, dt_softplus,
-                          dt_min, dt_max, chunk_size, seq_idx)
-    return _forward(x, dt, A, B, C, D, z, dt_bias, initial_state, state_offset, y_offset, dt_softplus, dt_min,
-                    dt_max, chunk_size, seq_idx)
+        return reference_op(x, dt, A, B, C, D, z, dt_bias, initial_state, state_offset, y_offset, dt_softplus,
+                            dt_min, dt_max, chunk_size, seq_idx)
+    m = _mamba_ssd()
+    x, B, C = x.contiguous(), B.contiguous(), C.to(x.dtype).contiguous()
+    docs = _documents(seq_idx)
+    stages, final = _stages(m, x, dt, A, B, C, dt_bias, initial_state, dt_softplus, dt_min, dt_max,
+                            _chunk(chunk_size), docs)
+    restart, final_h0 = _restarts(seq_idx, dt, A, dt_bias, C, initial_state, dt_softplus, dt_min, dt_max)
+    out = _scan(stages, x, C, D, z, state_offset, y_offset, docs, restart)
+    if final_h0 is not None:
+        final = final + final_h0
+    return (out, final.float(), *stages)
 
 
 def ssd_bwd_cuda(dy, dfinal_state, x, dt, A, B, C, D, z, dt_bias, initial_state, state_offset, y_offset,
-                 dt_softplus, dt_min, dt_max, chunk_size, seq_idx=None):
+                 dt_softplus, dt_min, dt_max, chunk_size, seq_idx=None, dA_cumsum=None, dt_chunked=None, cb=None,
+                 states=None):
+    """The gradients of every input (empty for absent ones), from the stages the forward returned (run again where
+    they are missing or empty). mamba_ssm's backward stages on dy_pre, the gradient before the gate, called in the
+    order its own backward calls them (`_backward_stages`), then the offsets' terms."""
     from .op import ssd_bwd_reference
 
     if not _usable(x, chunk_size):
@@ -185,21 +230,35 @@ def ssd_bwd_cuda(dy, dfinal_state, x, dt, A, B, C, D, z, dt_bias, initial_state,
     m = _mamba_ssd()
     batch, length, nheads, headdim = x.shape
     groups, nstate = B.shape[-2:]
-    xc, Cc = x.contiguous(), C.contiguous()
+    xc, Bc, Cc = x.contiguous(), B.contiguous(), C.to(x.dtype).contiguous()
+    docs = _documents(seq_idx)
+    q = _chunk(chunk_size)
+    stages = (dA_cumsum, dt_chunked, cb, states)
+    if any(t is None or t.numel() == 0 for t in stages):
+        stages, _ = _stages(m, xc, dt, A, Bc, Cc, dt_bias, initial_state, dt_softplus, dt_min, dt_max, q, docs)
     dy = dy.to(x.dtype).contiguous()
     dz = None
     dy32 = dy  # the gradient before the gate at the best precision we have, for the sums below
     if z is not None:
-        (dy32, dz), _ = _forward(x, dt, A, B, C, D, z, dt_bias, initial_state, state_offset, y_offset, dt_softplus,
-                                 dt_min, dt_max, chunk_size, seq_idx, dout=dy)
+        restart, _ = _restarts(seq_idx, dt, A, dt_bias, Cc, initial_state, dt_softplus, dt_min, dt_max)
+        dy32, dz = _scan(stages, xc, Cc, D, z, state_offset, y_offset, docs, restart, dout=dy)
         dy = dy32.to(x.dtype)
-    dx, ddt, dA, dB, dC, dD, _, ddt_bias, dinit = m._mamba_chunk_scan_combined_bwd(
-        dy, xc, dt.contiguous(), A.float().contiguous(), B.contiguous(), Cc, xc, _chunk(chunk_size),
-        D=None if D is None else D.contiguous(), z=None, dt_bias=None if dt_bias is None else dt_bias.contiguous(),
-        initial_states=_full_state(initial_state, batch),
-        dfinal_states=None if dfinal_state is None else dfinal_state.float().contiguous(),
-        seq_idx=_documents(seq_idx), dt_softplus=dt_softplus, dt_limit=(dt_min, dt_max),
-    )
+    dC_extra = None
+    doff = dyoff = None
+    if state_offset is not None:
+        # dC_t += Σ_{h in group} dy_pre_t,h h'[h] and dh'[h] = Σ_t dy_pre_t,hᵀ C_t: per group, (batch, L, hg·P)
+        # against h' as (hg·P, N); the (batch·L, H·P) views need no copies
+        hgp = nheads // groups * headdim
+        dyg = dy32.view(batch, length, groups, hgp)
+        off = state_offset.to(dy32.dtype)
+        offg = off.reshape(*off.shape[:-3], groups, hgp, nstate)
+        shared = off.dim() == 3
+        dC_extra = torch.einsum("blgk,gkn->blgn" if shared else "blgk,bgkn->blgn", dyg, offg).float()
+        doff = torch.einsum("blgk,blgn->gkn" if shared else "blgk,blgn->bgkn", dyg, Cc.to(dyg.dtype)).float()
+        doff = doff.reshape(state_offset.shape)
+    dx, ddt, dA, dB, dC, dD, ddt_bias, dinit = _backward_stages(
+        m, stages, dy, xc, dt, A, Bc, Cc, D, dt_bias, initial_state is not None, dfinal_state, docs, dC_extra,
+        dt_softplus, dt_min, dt_max)
     restart_grads = {}
     if seq_idx is not None and initial_state is not None:
         # the restarts' gradients: a vjp of their (small, elementwise + one contraction) torch formula
@@ -213,20 +272,6 @@ def ssd_bwd_cuda(dy, dfinal_state, x, dt, A, B, C, D, z, dt_bias, initial_state,
         outs, vjp = torch.func.vjp(lambda *p: restarts(**dict(zip(primals, p))), *primals.values())
         cot = (dy32.float(), torch.zeros_like(outs[1]) if dfinal_state is None else dfinal_state.float())
         restart_grads = dict(zip(primals, vjp(cot)))
-    doff = dyoff = None
-    if state_offset is not None:
-        # per group: (batch, L, hg·P) against h' as (hg·P, N); the (batch·L, H·P) views need no copies
-        hgp = nheads // groups * headdim
-        dyg = dy32.view(batch, length, groups, hgp)
-        off = state_offset.to(dy32.dtype)
-        offg = off.reshape(*off.shape[:-3], groups, hgp, nstate)
-        if off.dim() == 3:
-            dC = dC.float() + torch.einsum("blgk,gkn->blgn", dyg, offg).float()
-            doff = torch.einsum("blgk,blgn->gkn", dyg, Cc.to(dyg.dtype)).float()
-        else:
-            dC = dC.float() + torch.einsum("blgk,bgkn->blgn", dyg, offg).float()
-            doff = torch.einsum("blgk,blgn->bgkn", dyg, Cc.to(dyg.dtype)).float()
-        doff = doff.reshape(state_offset.shape)
     if y_offset is not None:
         dyoff = dy32.sum(dim=(0, 1) if y_offset.dim() == 2 else 1, dtype=torch.float32)
     if dinit is not None and initial_state.dim() == 3:
@@ -244,6 +289,46 @@ def ssd_bwd_cuda(dy, dfinal_state, x, dt, A, B, C, D, z, dt_bias, initial_state,
             g = g.float() + restart_grads[name].reshape(t.shape)
         out.append(g.to(t.dtype).contiguous())  # contiguous, as the op's fake says (see _common.fake_grads)
     return out
+
+
+def _backward_stages(m, stages, dy, x, dt, A, B, C, D, dt_bias, has_initial, dfinal_state, docs, dC_extra,
+                     dt_softplus, dt_min, dt_max):
+    """mamba_ssm's SSD backward stages on dy (the gradient before the gate, in x's dtype), from the forward's stages
+    rather than running them again. The order and the sums between stages are those of mamba_ssm's
+    `_mamba_chunk_scan_combined_bwd` without z. dC_extra (fp32, like C) is added to dC before its one rounding to C's
+    dtype. Returns dx, ddt, dA, dB, dC, dD, ddt_bias, dinitial_state."""
+    dA_cumsum, dt_c, cb, states = stages
+    batch, length, nheads, headdim = x.shape
+    groups, nstate = B.shape[-2:]
+    q = dA_cumsum.shape[-1]
+    # the gradient reaching the state entering each chunk, then passed back across chunks (index 0: the initial
+    # state's); ddA of each chunk's last cumsum from the states it scaled
+    dstates = m._chunk_scan_bwd_dstates(C, dA_cumsum, dy, seq_idx=docs, dtype=torch.float32)
+    dstates, ddA_chunk, dinit, states = m._state_passing_bwd(
+        states.flatten(-2), dA_cumsum[:, :, :, -1], dstates.flatten(-2),
+        dfinal_states=None if dfinal_state is None else dfinal_state.float().flatten(-2).contiguous(),
+        seq_idx=docs, has_initial_states=has_initial, dstates_dtype=x.dtype, states_dtype=x.dtype, chunk_size=q)
+    states, dstates = states.unflatten(-1, (headdim, nstate)), dstates.unflatten(-1, (headdim, nstate))
+    if dinit is not None:
+        dinit = dinit.unflatten(-1, (headdim, nstate))
+    dx, ddt, dD = m._chunk_scan_chunk_state_bwd_dx(x, dt_c, dA_cumsum, B, cb, dy, dstates,
+                                                   D=None if D is None else D.contiguous(), seq_idx=docs)
+    dB, ddA_next = m._chunk_state_bwd_db(x, dt_c, dA_cumsum, dstates, seq_idx=docs, B=B, ngroups=groups)
+    dC, ddA_prev = m._chunk_scan_bwd_dC(states, dA_cumsum, dy, seq_idx=docs, C=C, ngroups=groups)
+    if dC_extra is not None:
+        dC = dC + dC_extra
+    dcb = m._chunk_scan_bwd_dcb(x, dt_c, dA_cumsum, dy, seq_idx=docs, ngroups=groups).to(cb.dtype)
+    dB = m._bmm_chunk_bwd(C, dcb, residual=dB)
+    dC = m._bmm_chunk_bwd(B, dcb.transpose(-1, -2), residual=dC)
+    # ddA (the within-chunk cumsum's gradient): from the states entering each chunk, reversed into a suffix sum,
+    # plus the intra-chunk terms and those through each chunk's own state
+    ddA_prev[..., -1] += ddA_chunk
+    ddA = ddA_prev.flip([-1]).cumsum(dim=-1).flip([-1])
+    ddA += m._chunk_scan_bwd_ddAcs_stable(x, dt_c, dA_cumsum, dy, cb) + ddA_next
+    ddt, dA, ddt_bias = m._chunk_cumsum_bwd(ddA, ddt, dt.contiguous(), A.float().contiguous(),
+                                            dt_bias=None if dt_bias is None else dt_bias.contiguous(),
+                                            dt_softplus=dt_softplus, dt_limit=(dt_min, dt_max))
+    return dx, ddt, dA, dB, dC, dD, ddt_bias, dinit
 
 
 def limit_autotuning(max_configs: int = 1) -> int:
