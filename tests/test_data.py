@@ -117,9 +117,17 @@ def test_pack_tags_documents_and_masks_their_first_label():
     rows = pack(ex, max_length=8)
     assert [r["seq_idx"].tolist() for r in rows] == [[0, 0, 0, 1, 1, 1, 1], [0, 0, 0, 0, 0, 1, 1]]
     assert rows[0]["labels"].tolist() == [-100, 11, 12, -100, 11, 12, 13]
-    batch = collate([pack(ex[3:], 8)[0], rows[0]], pad_id=1)  # a 2-token row padded to 7
+    batch = collate([pack(ex[3:], 8)[0], rows[0]], pad_id=1, multiple_of=1)  # a 2-token row padded to 7
     assert batch["seq_idx"][0].tolist() == [0] * 7 and batch["labels"][0, 2:].tolist() == [-100] * 5
     assert batch["input_ids"][0, 2:].tolist() == [1] * 5
+    # by default rows are rounded up to 8 tokens (the Mamba-1 kernels' fastest layout), padding as above
+    batch = collate([pack(ex[3:], 8)[0], rows[0]], pad_id=1)
+    assert batch["input_ids"].shape == (2, 8) and batch["seq_idx"][1].tolist() == [0, 0, 0, 1, 1, 1, 1, 1]
+    assert batch["labels"][1, 7] == -100 and batch["input_ids"][1, 7] == 1
+    assert collate([rows[0]] * 2, multiple_of=7)["input_ids"].shape == (2, 7)
+    assert collate([{"input_ids": np.arange(9), "labels": np.arange(9)}])["labels"].shape == (1, 16)
+    with pytest.raises(ValueError, match="multiple_of must be at least 1"):
+        collate(rows, multiple_of=0)
     with pytest.raises(DataError, match="exceeds max_length"):
         pack(ex, max_length=4)
 
