@@ -149,8 +149,8 @@ def _kernels_built():
 
 
 # Each Mamba-1 kernel family forced through the variables the extension reads at every call (step.cu): the
-# channel-parallel kernels, the time-parallel ones, and the state-parallel forward (fp16 / bf16, N = 16, channel-major;
-# other calls fall back to the rule) followed by the backward the rule picks.
+# channel-parallel kernels, the time-parallel ones, and the state-parallel ones (fp16 / bf16, N = 16, channel-major,
+# aligned rows; other calls fall back to the rule).
 FAMILIES = {
     "channel-parallel": {"SSM_OFFSET_TIME_PARALLEL": "0", "SSM_OFFSET_STATE_PARALLEL": "0"},
     "time-parallel": {"SSM_OFFSET_TIME_PARALLEL": "1", "SSM_OFFSET_STATE_PARALLEL": "0"},
@@ -265,16 +265,17 @@ def test_document_boundaries_match_float64_reference(case, kernel_path):
         _close(f"d{k} (seq_idx)", leaves[k].grad, ref_leaves[k].grad.to(leaves[k].grad.dtype), dt, seed)
 
 
-@pytest.mark.parametrize("fwd_family,bwd_family,dtype", [
-    ("channel-parallel", "time-parallel", torch.float32), ("time-parallel", "channel-parallel", torch.float32),
-    ("state-parallel", "time-parallel", torch.bfloat16), ("state-parallel", "channel-parallel", torch.bfloat16),
+@pytest.mark.parametrize("fwd_family,bwd_family,dtype,length", [
+    ("channel-parallel", "time-parallel", torch.float32, 2049), ("time-parallel", "channel-parallel", torch.float32, 2049),
+    ("state-parallel", "time-parallel", torch.bfloat16, 2048), ("state-parallel", "channel-parallel", torch.bfloat16, 2048),
+    ("time-parallel", "state-parallel", torch.bfloat16, 2048), ("channel-parallel", "state-parallel", torch.bfloat16, 2048),
 ])
-def test_backward_of_either_family_after_a_forward_of_the_other(fwd_family, bwd_family, dtype, monkeypatch):
-    """The rules may send a call's forward and backward to different families (the state-parallel kernel is a forward
-    only; the backward is time-parallel at more channels than the forward): each backward starts from the forward's
-    chunk states, whoever wrote them."""
+def test_backward_of_either_family_after_a_forward_of_the_other(fwd_family, bwd_family, dtype, length, monkeypatch):
+    """The rules may send a call's forward and backward to different families (the backward is time-parallel at more
+    channels than the forward; the state-parallel kernels need aligned 16-bit rows): each backward starts from the
+    forward's chunk states, whoever wrote them."""
     seed = torch.seed() % (2**31)
-    case = dict(length=2049, nstate=16, groups=1, dtype=dtype, **ALL_ON)
+    case = dict(length=length, nstate=16, groups=1, dtype=dtype, **ALL_ON)
     t = _inputs(case, batch=2, dim=8, seed=seed)
     leaves = {k: v.clone().requires_grad_(True) for k, v in t.items() if v is not None}
     ref_leaves = {k: v.detach().double().requires_grad_(True) for k, v in t.items() if v is not None}
@@ -295,11 +296,12 @@ def test_backward_of_either_family_after_a_forward_of_the_other(fwd_family, bwd_
     (torch.bfloat16, "channel-major", True), (torch.float16, "channel-major", True),
     (torch.float32, "channel-major", False), (torch.bfloat16, "unaligned", False),
 ])
-def test_state_parallel_forward_runs_where_it_can(dtype, layout, state_parallel, monkeypatch):
-    """With SSM_OFFSET_STATE_PARALLEL=1 the forward of a channel-major 16-bit N = 16 call runs the state-parallel
-    kernel (the profiler names it); fp32, and a B whose rows cannot be read as 16-byte vectors, take the rule's
-    family; every one matches the reference. L = 1000 ends mid-chunk and mid-group (128, 16 steps)
-    but keeps 16-bit rows 16-byte aligned, as the kernel needs."""
+def test_state_parallel_kernels_run_where_they_can(dtype, layout, state_parallel, monkeypatch):
+    """With SSM_OFFSET_STATE_PARALLEL=1 the forward and the backward of a channel-major 16-bit N = 16 call run the
+    state-parallel kernels (the profiler names them); fp32, and a B whose rows cannot be read as 16-byte vectors, take
+    the rule's family; every one matches the reference, output and gradients. L = 1000 ends mid-chunk and mid-group
+    (128, 16 steps) and crosses an interval of the saved states (256), but keeps 16-bit rows 16-byte aligned, as the
+    kernels need."""
     from torch.profiler import ProfilerActivity, profile
 
     _family(monkeypatch, "state-parallel")
@@ -311,13 +313,21 @@ def test_state_parallel_forward_runs_where_it_can(dtype, layout, state_parallel,
         wide = torch.randn(*t["B"].shape[:-1], length + 1, device="cuda", dtype=dtype)
         wide[..., :length] = t["B"]
         t["B"] = wide[..., :length]
+    leaves = {k: v.detach().requires_grad_(True) for k, v in t.items()}  # B keeps its unaligned rows
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        y = selective_scan(**t, delta_softplus=True)
+        y = selective_scan(**leaves, delta_softplus=True)
+        dy = torch.randn_like(y)
+        y.backward(dy)
         torch.cuda.synchronize()
-    names = [e.key for e in prof.key_averages() if "fwd_kernel" in e.key]
-    assert names and any("::sp::" in k for k in names) == state_parallel, names
-    y_ref = selective_scan_naive(**{k: v.double() for k, v in t.items()}, delta_softplus=True)[0]
+    for which in ("fwd_kernel", "bwd_kernel"):
+        names = [e.key for e in prof.key_averages() if which in e.key]
+        assert names and any("::sp::" in k for k in names) == state_parallel, (which, names)
+    ref = {k: v.detach().double().requires_grad_(True) for k, v in t.items()}
+    y_ref = selective_scan_naive(**ref, delta_softplus=True)[0]
+    y_ref.backward(dy.double())
     _close(f"y ({layout}, {dtype})", y, y_ref, dtype, seed)
+    for k in t:
+        _close(f"d{k} ({layout}, {dtype})", leaves[k].grad, ref[k].grad.to(leaves[k].grad.dtype), dtype, seed)
 
 
 def test_document_boundaries_equal_separate_documents(kernel_path):

@@ -106,13 +106,15 @@ def test_info_states_the_kernel_family_rule_the_extension_applies(monkeypatch, t
         assert f"{lo + 1:,}..{hi:,} batch x channels" in text and f"backward: from {lo + 1:,} up" in text, text
         assert "N <= 16" in text and "p.nstate <= 16" in step
         assert "(backward || channels <= kTimeParallelTo)" in step
-        assert text.startswith(f"forward: state-parallel for channel-major fp16/bf16 inputs with N = 16, rows "
-                               f"16-byte aligned and more than {lo:,} batch x channels"), text
-        assert "if (elem_bytes != 2 || !detail::sp::usable<__nv_bfloat16>(p)) return false;" in step
+        bwd_from = int(re.search(r"kStateParallelBwdFrom = (\d+);", header).group(1))
+        assert text.startswith(f"state-parallel for channel-major fp16/bf16 inputs with N = 16, rows 16-byte aligned "
+                               f"and more than {lo:,} batch x channels (the backward: from {bwd_from:,})"), text
+        assert ("const bool usable = backward ? detail::sp::usable_bwd<__nv_bfloat16>(p) : "
+                "detail::sp::usable<__nv_bfloat16>(p);\n  if (elem_bytes != 2 || !usable) return false;") in step
         usable = (ROOT / "cuda/selective_scan/selective_scan_sp.cuh").read_text()
         assert "return p.nstate == kLanes && tp::direct<T, kGroup>(p)" in usable and "kLanes = 16" in usable
         assert "return !p.time_major && rows_aligned<T>(p.B" in (ROOT / "cuda/selective_scan/selective_scan_tp.cuh").read_text()
-        assert "return (long long)p.batch * p.dim > kTimeParallelFrom;" in step
+        assert "return backward ? channels >= kStateParallelBwdFrom : channels > kTimeParallelFrom;" in step
     else:
         assert text.startswith(family), text
 

@@ -172,7 +172,7 @@ std::tuple<Tensor, Tensor, Tensor> fwd(const Tensor &u, const Tensor &delta, con
   p.final_state = final_state.data_ptr<float>();
   p.states = states.data_ptr<float>();
   if (p.len == 0 || p.batch == 0 || p.dim == 0) return {y, final_state, states};
-  p.sp = ssm_offset::state_parallel(p, static_cast<int>(u.element_size()));
+  p.sp = ssm_offset::state_parallel(p, static_cast<int>(u.element_size()), false);
   p.tp = !p.sp && ssm_offset::time_parallel(p, false);
   const Tensor seg = split_time(p, p.tp || p.sp ? 1 : ssm_offset::fwd_segments(p), ssm_offset::kSegmentAlign, false,
                                 f32);
@@ -225,11 +225,14 @@ std::vector<Tensor> bwd(const Tensor &dout, const Opt &dfinal, const Tensor &u, 
   p.dhoff = mptr(dhoff);
   p.dyoff = mptr(dyoff);
   if (p.len > 0 && p.batch > 0 && p.dim > 0) {
-    p.tp = ssm_offset::time_parallel(p, true);
-    const int chunk = p.tp ? ssm_offset::kStatesEvery : ssm_offset::bwd_chunk_len(p.nstate, p.batch * p.dim);
+    p.sp = ssm_offset::state_parallel(p, static_cast<int>(u.element_size()), true);
+    p.tp = !p.sp && ssm_offset::time_parallel(p, true);
+    const bool whole = p.tp || p.sp;  // no time split, no checkpoints: they start every 256 steps from the states
+    const int chunk = whole ? ssm_offset::kStatesEvery : ssm_offset::bwd_chunk_len(p.nstate, p.batch * p.dim);
     const long long nch = (p.len + chunk - 1) / chunk;
-    const Tensor seg = split_time(p, p.tp ? 1 : ssm_offset::bwd_segments(p), chunk, true, f32);
-    // both families start from the forward's states (the time-parallel kernels every chunk, the others every piece)
+    const Tensor seg = split_time(p, whole ? 1 : ssm_offset::bwd_segments(p), chunk, true, f32);
+    // every family starts from the forward's states (the time- and state-parallel kernels every 256 steps, the others
+    // every piece)
     const std::vector<int64_t> want{p.batch, p.dim, ssm_offset::state_chunks(p.len), p.nstate};
     TORCH_CHECK(chunk_states.is_cuda() && chunk_states.scalar_type() == at::kFloat && chunk_states.is_contiguous() &&
                     chunk_states.sizes().vec() == want,
@@ -237,7 +240,7 @@ std::vector<Tensor> bwd(const Tensor &dout, const Opt &dfinal, const Tensor &u, 
                 p.dim, ", ", ssm_offset::state_chunks(p.len), ", ", p.nstate, "), got ", chunk_states.sizes());
     p.states = chunk_states.data_ptr<float>();
     Tensor ckpt;
-    if (!p.tp) {  // the channel-parallel backward checkpoints every chunk of the piece it is running
+    if (!whole) {  // the channel-parallel backward checkpoints every chunk of the piece it is running
       p.ckpt_slots = static_cast<int>(std::min<long long>(ssm_offset::kStatesEvery / chunk, nch));
       ckpt = at::empty({p.batch, p.nseg, p.ckpt_slots, p.dim, ssm_offset::padded_state(p.nstate, p.batch * p.dim)},
                        f32);

@@ -69,8 +69,8 @@ struct ScanParams {
   // Nonzero: the time-parallel kernels (selective_scan_tp.cuh) instead, with no split (nseg = 1); their backward
   // needs no ckpt. Both backwards start from `states` (the forward's).
   int tp;
-  // Nonzero: the forward runs the state-parallel kernel (selective_scan_sp.cuh), with no split (nseg = 1); it writes
-  // `states` as the others do.
+  // Nonzero: the state-parallel kernels (selective_scan_sp.cuh), with no split (nseg = 1): the forward writes `states`
+  // as the others do, and the backward starts from them as the time-parallel one does.
   int sp;
 };
 
@@ -126,8 +126,13 @@ bool time_parallel(const ScanParams &p, bool backward);
 // SSM_OFFSET_STATE_PARALLEL=1 wherever it can, =0 never; unset, wherever it can with more than kTimeParallelFrom
 // batch x channels (where it was measured faster than both other families and mamba_ssm:
 // benches/results/kernels-sp-h100.md), unless SSM_OFFSET_TIME_PARALLEL or SSM_OFFSET_SEGMENTS asks for another family.
-// Its forward is followed by the backward time_parallel() picks.
-bool state_parallel(const ScanParams &p, int elem_bytes);
+// The backward takes its state-parallel kernel by the same rule (with backward set, its dout, du, ddelta and dz rows
+// aligned too) from kStateParallelBwdFrom batch x channels: it was faster than the time-parallel backward at 2,048
+// (2x1024x2048: 0.33 against 0.42 ms) and above, slower at 1,536 (1x1536x4096: 0.60 against 0.45 ms;
+// benches/results/kernels-sp-bwd-h100.md). A forward of any family may precede it: all save the same
+// ScanParams::states.
+constexpr long long kStateParallelBwdFrom = 2048;
+bool state_parallel(const ScanParams &p, int elem_bytes, bool backward);
 
 // Length of one backward chunk (the checkpoint interval) for a state size and batch x dim channels;
 // the caller sizes ckpt as (batch, nseg, min(kStatesEvery / chunk, ceil(len / chunk)), dim, padded_state(...)) floats.

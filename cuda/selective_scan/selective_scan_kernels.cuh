@@ -954,6 +954,9 @@ void launch_bwd_layout(const ScanParams &p, cudaStream_t s) {
 
 template <typename T>
 void launch_bwd(const ScanParams &p, cudaStream_t s) {
+  if constexpr (sizeof(T) == 2) {  // as in launch_fwd
+    if (p.sp) return sp::launch_bwd<T>(p, s);
+  }
   if (p.tp) return tp::launch_bwd<T>(p, s);
   SSM_OFFSET_DISPATCH_NSTATE(p.nstate, p.batch * p.dim < narrow_below(true), {
     if (p.time_major) launch_bwd_layout<T, NPT, LPC, true>(p, s);

@@ -109,14 +109,17 @@ bool time_parallel(const ScanParams &p, bool backward) {
   return !p.time_major && p.nstate <= 16 && channels > kTimeParallelFrom && (backward || channels <= kTimeParallelTo);
 }
 
-bool state_parallel(const ScanParams &p, int elem_bytes) {
-  // what the kernel can read: 16-bit inputs (its staged B and C then fit a block), and what sp::usable asks: N = 16,
-  // channel-major, every row it reads with 16-byte vectors aligned (for contiguous inputs: L a multiple of 8)
-  if (elem_bytes != 2 || !detail::sp::usable<__nv_bfloat16>(p)) return false;
+bool state_parallel(const ScanParams &p, int elem_bytes, bool backward) {
+  // what the kernels can read: 16-bit inputs (their staged B and C then fit a block), and what sp::usable asks: N = 16,
+  // channel-major, every row they read with 16-byte vectors aligned (for contiguous inputs: L a multiple of 8; the
+  // backward's dout, du, ddelta and dz rows too)
+  const bool usable = backward ? detail::sp::usable_bwd<__nv_bfloat16>(p) : detail::sp::usable<__nv_bfloat16>(p);
+  if (elem_bytes != 2 || !usable) return false;
   const int forced = env_int("SSM_OFFSET_STATE_PARALLEL", -1);  // read at every call, as time_parallel's
   if (forced >= 0) return forced > 0;
   if (forced_segments() > 0 || env_int("SSM_OFFSET_TIME_PARALLEL", -1) >= 0) return false;  // another family was asked for
-  return (long long)p.batch * p.dim > kTimeParallelFrom;
+  const long long channels = (long long)p.batch * p.dim;
+  return backward ? channels >= kStateParallelBwdFrom : channels > kTimeParallelFrom;
 }
 
 int bwd_chunk_len(int nstate, int channels) {

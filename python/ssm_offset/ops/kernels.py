@@ -127,11 +127,11 @@ def _kernel_family() -> str:
     rule = ("time-parallel for channel-major inputs with N <= 16 and 1,025..16,384 batch x channels (the backward: "
             "from 1,025 up), else channel-parallel")
     if state_parallel is None:
-        return ("forward: state-parallel for channel-major fp16/bf16 inputs with N = 16, rows 16-byte aligned and "
-                "more than 1,024 batch x channels, else " + rule)
+        return ("state-parallel for channel-major fp16/bf16 inputs with N = 16, rows 16-byte aligned and more than "
+                "1,024 batch x channels (the backward: from 2,048), else " + rule)
     if state_parallel:
-        return ("state-parallel forward for channel-major fp16/bf16 inputs with N = 16 and rows 16-byte aligned "
-                "(SSM_OFFSET_STATE_PARALLEL); " + rule)
+        return ("state-parallel forward and backward for channel-major fp16/bf16 inputs with N = 16 and rows 16-byte "
+                "aligned (SSM_OFFSET_STATE_PARALLEL); " + rule)
     return rule + " (SSM_OFFSET_STATE_PARALLEL=0)"
 
 
