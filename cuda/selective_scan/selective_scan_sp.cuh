@@ -291,7 +291,7 @@ __device__ __forceinline__ float column_sum(float *red, int n, const float (&v)[
 }
 
 // The chunks the backward visits, in order: per interval of ScanParams::states from the last, its chunks forward (the
-// replay) and then back (the walk back); `at` counts visits. A visit's inputs are loaded during the one before.
+// replay) and then back (the walk back); `at` counts visits. A visit's B and C are staged during the one before.
 struct Visits {
   int len;
   __device__ __forceinline__ int total() const { return 2 * ((len + kChunk - 1) / kChunk); }  // every chunk twice
