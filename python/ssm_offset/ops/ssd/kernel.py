@@ -140,7 +140,7 @@ def _restarts(seq_idx, dt, A, dt_bias, C, initial_state, dt_softplus, dt_min, dt
 STAGES = ("dA_cumsum", "dt_chunked", "cb", "states")
 
 
-def _fast(x, chunk_size) -> bool:
+def takes_fast_path(x, chunk_size) -> bool:
     """Whether a CUDA call of the op takes the path below (and so returns its stages): kernels registered for
     CUDA tensors, and `_usable`. The op's fake asks the same question of its fake tensors."""
     from .. import kernels

@@ -65,7 +65,7 @@ def _(x, dt, A, B, C, D, z, dt_bias, initial_state, state_offset, y_offset, dt_s
       seq_idx=None):
     b, _, h, p = x.shape
     return (x.new_empty(x.shape), x.new_empty(b, h, p, B.shape[-1], dtype=compute_dtype(x)),
-            *_kernel.empty_stages(x, B, chunk_size, fast=_kernel._fast(x, chunk_size)))
+            *_kernel.empty_stages(x, B, chunk_size, fast=_kernel.takes_fast_path(x, chunk_size)))
 
 
 @define_op("ssd_bwd")
