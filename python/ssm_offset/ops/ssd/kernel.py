@@ -298,7 +298,7 @@ def _backward_stages(m, stages, dy, x, dt, A, B, C, D, dt_bias, has_initial, dfi
     `_mamba_chunk_scan_combined_bwd` without z. dC_extra (fp32, like C) is added to dC before its one rounding to C's
     dtype. Returns dx, ddt, dA, dB, dC, dD, ddt_bias, dinitial_state."""
     dA_cumsum, dt_c, cb, states = stages
-    batch, length, nheads, headdim = x.shape
+    headdim = x.shape[-1]
     groups, nstate = B.shape[-2:]
     q = dA_cumsum.shape[-1]
     # the gradient reaching the state entering each chunk, then passed back across chunks (index 0: the initial
